@@ -1,0 +1,335 @@
+//! Phase two of configuration: the raw file checked as a whole and turned into the resolved form.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::raw::{RawConfig, RawModel, RawProvider, RawServer};
+use crate::{ConfigError, ConfigErrors, Env};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub providers: BTreeMap<ProviderId, ProviderConfig>,
+    /// Model aliases by the name clients send, in file order of their names.
+    pub models: BTreeMap<String, ModelAlias>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The name of a configured provider, cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProviderId(pub Arc<str>);
+
+impl std::fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for ProviderId {
+    fn from(s: &str) -> Self {
+        ProviderId(Arc::from(s))
+    }
+}
+
+/// Which wire protocol and which vendor's variant of it a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Azure,
+    Vllm,
+    Ollama,
+    Groq,
+    Together,
+    Mistral,
+    /// Any other server speaking the OpenAI chat completions API.
+    OpenAiCompatible,
+    Anthropic,
+}
+
+impl ProviderKind {
+    const ALL: [(&'static str, ProviderKind); 9] = [
+        ("openai", ProviderKind::OpenAi),
+        ("azure", ProviderKind::Azure),
+        ("vllm", ProviderKind::Vllm),
+        ("ollama", ProviderKind::Ollama),
+        ("groq", ProviderKind::Groq),
+        ("together", ProviderKind::Together),
+        ("mistral", ProviderKind::Mistral),
+        ("openai_compatible", ProviderKind::OpenAiCompatible),
+        ("anthropic", ProviderKind::Anthropic),
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(name, _)| *name == s).map(|(_, k)| *k)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("openai", |(name, _)| name)
+    }
+
+    /// The vendor's public endpoint, when it has one that does not depend on the account.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
+            ProviderKind::Groq => Some("https://api.groq.com/openai/v1"),
+            ProviderKind::Together => Some("https://api.together.xyz/v1"),
+            ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
+            ProviderKind::Ollama => Some("http://127.0.0.1:11434/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Azure | ProviderKind::Vllm | ProviderKind::OpenAiCompatible => None,
+        }
+    }
+
+    /// Whether the vendor's hosted API refuses requests without a key.
+    fn needs_key(self) -> bool {
+        !matches!(self, ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::OpenAiCompatible)
+    }
+}
+
+/// One upstream provider: where it is, how to authenticate, and how to hold connections to it.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub id: ProviderId,
+    pub kind: ProviderKind,
+    /// Without a trailing slash.
+    pub base_url: String,
+    /// The resolved secret. Never printed: see the `Debug` of [`Secret`].
+    pub api_key: Option<Secret>,
+    pub api_version: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub pool_idle_timeout: Duration,
+    pub default_max_tokens: u32,
+}
+
+/// A secret value read from the environment. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A model name clients send, and the upstream targets that serve it, in order of preference.
+#[derive(Debug, Clone)]
+pub struct ModelAlias {
+    pub name: String,
+    pub targets: Vec<ModelTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelTarget {
+    pub provider: ProviderId,
+    /// The model name sent upstream.
+    pub model: String,
+    /// Azure OpenAI deployment name (defaults to `model`).
+    pub deployment: Option<String>,
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError { path: path.into(), message: message.into() });
+    }
+}
+
+pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors(Vec::new());
+    let server = resolve_server(raw.server, &mut errors);
+    let declared: Vec<String> = raw.providers.keys().cloned().collect();
+    let mut providers = BTreeMap::new();
+    for (name, p) in raw.providers {
+        if let Some(p) = resolve_provider(&name, p, env, &mut errors) {
+            providers.insert(p.id.clone(), p);
+        }
+    }
+    let mut models = BTreeMap::new();
+    for (name, m) in raw.models {
+        if let Some(m) = resolve_model(&name, m, &declared, &mut errors) {
+            models.insert(name, m);
+        }
+    }
+    if errors.0.is_empty() { Ok(Config { server, providers, models }) } else { Err(ConfigErrors(errors.0)) }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+fn resolve_server(raw: RawServer, errors: &mut Errors) -> ServerConfig {
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse().unwrap_or_else(|_| {
+        errors.push("server.listen", format!("not a socket address: {listen_text:?} (expected HOST:PORT)"));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let max_body_bytes = match raw.max_body_bytes {
+        None => 16 * 1024 * 1024,
+        Some(0) => {
+            errors.push("server.max_body_bytes", "must be greater than 0");
+            0
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let log_format = match raw.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errors.push("server.log_format", format!("unknown format {other:?} (expected \"text\" or \"json\")"));
+            LogFormat::Text
+        }
+    };
+    ServerConfig { listen, max_body_bytes, log_format }
+}
+
+fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Errors) -> Option<ProviderConfig> {
+    let path = |key: &str| format!("providers.{name}.{key}");
+    let before = errors.0.len();
+    let kind_name = raw.kind.as_deref().unwrap_or(name);
+    let kind = ProviderKind::parse(kind_name);
+    if kind.is_none() {
+        let known: Vec<_> = ProviderKind::ALL.iter().map(|(n, _)| *n).collect();
+        let key = if raw.kind.is_some() { path("kind") } else { format!("providers.{name}") };
+        errors.push(key, format!("unknown provider kind {kind_name:?} (expected one of: {})", known.join(", ")));
+    }
+    if raw.api_key.is_some() {
+        errors.push(path("api_key"), "secrets are not written in the config file: use api_key_env = \"ENV_VAR_NAME\"");
+    }
+    let base_url = match (&raw.base_url, kind.and_then(ProviderKind::default_base_url)) {
+        (Some(url), _) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(path("base_url"), format!("not an http(s) URL: {url:?}"));
+            }
+            url.trim_end_matches('/').to_string()
+        }
+        (None, Some(default)) => default.to_string(),
+        (None, None) => {
+            if let Some(k) = kind {
+                errors.push(path("base_url"), format!("required for kind {:?}", k.name()));
+            }
+            String::new()
+        }
+    };
+    let api_key = match &raw.api_key_env {
+        Some(var) => match env.var(var) {
+            Some(value) => Some(Secret(value)),
+            None => {
+                errors.push(path("api_key_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        },
+        None => {
+            if kind.is_some_and(ProviderKind::needs_key) && raw.base_url.is_none() {
+                errors.push(path("api_key_env"), "required: the name of the environment variable holding the API key");
+            }
+            None
+        }
+    };
+    if kind == Some(ProviderKind::Azure) && raw.api_version.is_none() {
+        errors.push(path("api_version"), "required for kind \"azure\" (for example \"2024-10-21\")");
+    }
+    let mut headers = Vec::new();
+    for (header, value) in raw.headers {
+        match expand_env(&value, env) {
+            Ok(v) => headers.push((header, v)),
+            Err(var) => errors.push(path(&format!("headers.{header}")), format!("environment variable {var} is not set")),
+        }
+    }
+    let ms = |v: Option<u64>, default: u64, key: &str, errors: &mut Errors| match v {
+        Some(0) => {
+            errors.push(path(key), "must be greater than 0");
+            Duration::from_millis(default)
+        }
+        Some(n) => Duration::from_millis(n),
+        None => Duration::from_millis(default),
+    };
+    let connect_timeout = ms(raw.connect_timeout_ms, 5_000, "connect_timeout_ms", errors);
+    let request_timeout = ms(raw.request_timeout_ms, 600_000, "request_timeout_ms", errors);
+    let pool_idle_timeout = ms(raw.pool_idle_timeout_ms, 90_000, "pool_idle_timeout_ms", errors);
+    if errors.0.len() > before {
+        return None;
+    }
+    Some(ProviderConfig {
+        id: ProviderId::from(name),
+        kind: kind?,
+        base_url,
+        api_key,
+        api_version: raw.api_version,
+        headers,
+        connect_timeout,
+        request_timeout,
+        pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(64),
+        pool_idle_timeout,
+        default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
+    })
+}
+
+/// Replaces `${NAME}` with the environment variable's value; returns the name of a missing variable.
+fn expand_env(value: &str, env: &dyn Env) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&env.var(var).ok_or_else(|| var.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn resolve_model(
+    name: &str,
+    raw: RawModel,
+    declared: &[String],
+    errors: &mut Errors,
+) -> Option<ModelAlias> {
+    let Some(provider) = raw.provider else {
+        errors.push(format!("models.{name}.provider"), "required: the name of a provider");
+        return None;
+    };
+    if !declared.contains(&provider) {
+        let hint = if declared.is_empty() {
+            "no providers are configured".to_string()
+        } else {
+            format!("known: {}", declared.join(", "))
+        };
+        errors.push(format!("models.{name}.provider"), format!("unknown provider {provider:?} ({hint})"));
+        return None;
+    }
+    let id = ProviderId::from(provider.as_str());
+    let model = raw.model.unwrap_or_else(|| name.to_string());
+    Some(ModelAlias { name: name.to_string(), targets: vec![ModelTarget { provider: id, model, deployment: raw.deployment }] })
+}

@@ -1,0 +1,111 @@
+//! Configuration parsing and validation, driven by examples.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use expect_test::{Expect, expect};
+
+use super::*;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("OPENAI_API_KEY".to_string(), "sk-test".to_string())])
+}
+
+fn check_err(text: &str, expected: Expect) {
+    let errs = parse(text, &env()).expect_err("config should be rejected");
+    expected.assert_eq(&errs.to_string());
+}
+
+#[test]
+fn minimal_config_resolves_defaults() {
+    let cfg = parse(
+        r#"
+        [providers.openai]
+        api_key_env = "OPENAI_API_KEY"
+        [models.fast]
+        provider = "openai"
+        model = "gpt-4o-mini"
+        "#,
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+    let p = &cfg.providers[&ProviderId::from("openai")];
+    assert_eq!(p.kind, ProviderKind::OpenAi);
+    assert_eq!(p.base_url, "https://api.openai.com/v1");
+    assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(format!("{:?}", p.api_key), "Some(Secret(***))");
+    assert_eq!(cfg.models["fast"].targets[0].model, "gpt-4o-mini");
+}
+
+#[test]
+fn reports_every_error_at_once_with_paths() {
+    check_err(
+        r#"
+        [server]
+        listen = "nowhere"
+        log_format = "xml"
+        [providers.openai]
+        api_key_env = "MISSING_KEY"
+        [providers.local]
+        kind = "vllm"
+        [providers.az]
+        kind = "azure"
+        base_url = "https://x.openai.azure.com"
+        api_key_env = "OPENAI_API_KEY"
+        [models.fast]
+        provider = "opnai"
+        [models.slow]
+        "#,
+        expect![[r#"
+            server.listen: not a socket address: "nowhere" (expected HOST:PORT)
+            server.log_format: unknown format "xml" (expected "text" or "json")
+            providers.az.api_version: required for kind "azure" (for example "2024-10-21")
+            providers.local.base_url: required for kind "vllm"
+            providers.openai.api_key_env: environment variable MISSING_KEY is not set
+            models.fast.provider: unknown provider "opnai" (known: az, local, openai)
+            models.slow.provider: required: the name of a provider"#]],
+    );
+}
+
+#[test]
+fn unknown_kind_and_inline_secret_are_rejected() {
+    check_err(
+        r#"
+        [providers.x]
+        kind = "opnai"
+        api_key = "sk-live"
+        "#,
+        expect![[r#"
+            providers.x.kind: unknown provider kind "opnai" (expected one of: openai, azure, vllm, ollama, groq, together, mistral, openai_compatible, anthropic)
+            providers.x.api_key: secrets are not written in the config file: use api_key_env = "ENV_VAR_NAME""#]],
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_types_are_rejected() {
+    check_err("[server]\nlisten = 8080\n", expect![[r#"at byte 18: invalid type: integer `8080`, expected a string"#]]);
+    check_err("[sever]\n", expect![[r#"at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`"#]]);
+}
+
+#[test]
+fn headers_expand_environment_references() {
+    let cfg = parse(
+        r#"
+        [providers.gw]
+        kind = "openai_compatible"
+        base_url = "http://127.0.0.1:9/v1/"
+        headers = { "x-org" = "org-${OPENAI_API_KEY}" }
+        "#,
+        &env(),
+    )
+    .unwrap();
+    let p = &cfg.providers[&ProviderId::from("gw")];
+    assert_eq!(p.base_url, "http://127.0.0.1:9/v1");
+    assert_eq!(p.headers, vec![("x-org".to_string(), "org-sk-test".to_string())]);
+    check_err(
+        "[providers.gw]\nkind = \"vllm\"\nbase_url = \"http://h\"\nheaders = { a = \"${NOPE}\" }\n",
+        expect![[r#"providers.gw.headers.a: environment variable NOPE is not set"#]],
+    );
+}
