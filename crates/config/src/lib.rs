@@ -8,9 +8,7 @@ mod resolve;
 
 use std::path::Path;
 
-pub use resolve::{
-    Config, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId, ProviderKind, ServerConfig,
-};
+pub use resolve::{Config, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId, ProviderKind, ServerConfig};
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +19,7 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 

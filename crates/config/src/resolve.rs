@@ -259,7 +259,9 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
     for (header, value) in raw.headers {
         match expand_env(&value, env) {
             Ok(v) => headers.push((header, v)),
-            Err(var) => errors.push(path(&format!("headers.{header}")), format!("environment variable {var} is not set")),
+            Err(var) => {
+                errors.push(path(&format!("headers.{header}")), format!("environment variable {var} is not set"))
+            }
         }
     }
     let ms = |v: Option<u64>, default: u64, key: &str, errors: &mut Errors| match v {
@@ -310,12 +312,7 @@ fn expand_env(value: &str, env: &dyn Env) -> Result<String, String> {
     Ok(out)
 }
 
-fn resolve_model(
-    name: &str,
-    raw: RawModel,
-    declared: &[String],
-    errors: &mut Errors,
-) -> Option<ModelAlias> {
+fn resolve_model(name: &str, raw: RawModel, declared: &[String], errors: &mut Errors) -> Option<ModelAlias> {
     let Some(provider) = raw.provider else {
         errors.push(format!("models.{name}.provider"), "required: the name of a provider");
         return None;
@@ -331,5 +328,8 @@ fn resolve_model(
     }
     let id = ProviderId::from(provider.as_str());
     let model = raw.model.unwrap_or_else(|| name.to_string());
-    Some(ModelAlias { name: name.to_string(), targets: vec![ModelTarget { provider: id, model, deployment: raw.deployment }] })
+    Some(ModelAlias {
+        name: name.to_string(),
+        targets: vec![ModelTarget { provider: id, model, deployment: raw.deployment }],
+    })
 }

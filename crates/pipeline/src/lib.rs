@@ -1,1 +1,33 @@
-//! placeholder
+//! The request path of keel as a stack of tower services, outermost stage first.
+//!
+//! Every stage is a `Service<GatewayRequest, Response = GatewayResponse, Error = Infallible>`: the outcome of a
+//! request, success or failure, travels back up the stack inside [`GatewayResponse`] together with its
+//! [`RequestContext`], so that an outer stage (the request log) sees every outcome with everything the inner
+//! stages recorded. Stages depend on traits (`Provider`), never on concrete implementations.
+
+mod call;
+mod context;
+mod route;
+
+use std::convert::Infallible;
+
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+pub use call::Call;
+pub use context::{
+    AttemptOutcome, AttemptRecord, GatewayError, GatewayRequest, GatewayResponse, InboundApi, Operation, Output,
+    RequestContext, RequestId,
+};
+pub use route::{RouteLayer, RouteTable};
+
+/// The assembled request path, cheap to clone per request.
+pub type Pipeline = BoxCloneSyncService<GatewayRequest, GatewayResponse, Infallible>;
+
+/// Builds the request path from its parts. Later stages (log, auth, guard, cache) wrap this same stack.
+pub fn build(routes: RouteTable, providers: keel_providers::Providers) -> Pipeline {
+    let stack = ServiceBuilder::new()
+        .layer(RouteLayer::new(routes)) // model alias -> ordered candidate targets
+        .service(Call::new(providers)); // one attempt at the chosen target
+    BoxCloneSyncService::new(stack)
+}

@@ -1,1 +1,78 @@
-//! placeholder
+//! The HTTP edge of keel: the axum router, thin handlers for the OpenAI and Anthropic APIs, stream encoding,
+//! and the one mapping from gateway errors to HTTP responses. Only this crate knows axum.
+
+mod anthropic;
+mod body;
+mod error;
+mod openai;
+mod request_id;
+mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use keel_pipeline::{Pipeline, RouteTable};
+
+pub use error::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pipeline: Pipeline,
+    routes: RouteTable,
+}
+
+impl AppState {
+    pub fn new(pipeline: Pipeline, routes: RouteTable) -> Self {
+        Self { inner: Arc::new(Inner { pipeline, routes }) }
+    }
+}
+
+/// The server's slice of the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub max_body_bytes: usize,
+}
+
+/// All of keel's HTTP routes.
+pub fn router(state: AppState, limits: ServerLimits) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*id}", get(openai::model))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/health", get(health))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Serves the router on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+/// Accepted connections get `TCP_NODELAY`: without it, small SSE frames wait for Nagle's algorithm.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

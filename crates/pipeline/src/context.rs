@@ -1,0 +1,131 @@
+//! What travels through the stack: the request, its context, and the outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_providers::{ChatStream, ErrorKind, ModelTarget, ProviderError, ProviderId};
+use keel_types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
+
+/// The id of one request, echoed in `x-request-id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(pub Arc<str>);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which API the client called; decides the shape of answers and errors at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundApi {
+    OpenAi,
+    Anthropic,
+}
+
+/// What the stages learn about one request, recorded as it goes and read by the outer stages.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub id: RequestId,
+    pub api: InboundApi,
+    pub received: Instant,
+    /// The model name the client sent.
+    pub requested_model: String,
+    /// The targets that may serve the request, in order; set by the route stage.
+    pub candidates: Vec<ModelTarget>,
+    /// Every upstream attempt, in order; appended by the call stage.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl RequestContext {
+    pub fn new(id: RequestId, api: InboundApi, requested_model: impl Into<String>) -> Self {
+        Self {
+            id,
+            api,
+            received: Instant::now(),
+            requested_model: requested_model.into(),
+            candidates: Vec::new(),
+            attempts: Vec::new(),
+        }
+    }
+
+    /// The target of the last attempt that succeeded.
+    pub fn served_by(&self) -> Option<&AttemptRecord> {
+        self.attempts.iter().rev().find(|a| matches!(a.outcome, AttemptOutcome::Ok))
+    }
+}
+
+/// One attempt at one upstream target.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub provider: ProviderId,
+    pub model: String,
+    /// When the attempt started, from the request's arrival.
+    pub started_after: Duration,
+    /// How long until the full answer (non-streamed) or the response headers (streamed).
+    pub latency: Duration,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Ok,
+    Failed { kind: ErrorKind, status: Option<u16> },
+}
+
+/// The operations keel serves.
+#[derive(Debug)]
+pub enum Operation {
+    /// A chat completion; streamed when `stream` is set.
+    Chat(ChatRequest),
+    Embeddings(EmbeddingsRequest),
+}
+
+impl Operation {
+    pub fn model(&self) -> &str {
+        match self {
+            Operation::Chat(r) => &r.model,
+            Operation::Embeddings(r) => &r.model,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct GatewayRequest {
+    pub ctx: RequestContext,
+    pub op: Operation,
+}
+
+pub enum Output {
+    Chat(ChatResponse),
+    ChatStream(ChatStream),
+    Embeddings(EmbeddingsResponse),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Chat(r) => f.debug_tuple("Chat").field(r).finish(),
+            Output::ChatStream(_) => f.write_str("ChatStream(..)"),
+            Output::Embeddings(r) => f.debug_tuple("Embeddings").field(r).finish(),
+        }
+    }
+}
+
+/// The outcome of a request together with its context; every stage returns this, failure included.
+#[derive(Debug)]
+pub struct GatewayResponse {
+    pub ctx: RequestContext,
+    pub result: Result<Output, GatewayError>,
+}
+
+/// Why the gateway could not answer. Mapped to HTTP statuses in one place, at the server's edge.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("model {model:?} is not configured")]
+    UnknownModel { model: String, known: Vec<String> },
+    #[error("provider {0} is configured but not available")]
+    ProviderUnavailable(ProviderId),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}

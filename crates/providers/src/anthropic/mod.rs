@@ -1,0 +1,190 @@
+//! Anthropic's Messages API as an upstream: canonical requests are translated by `keel-translate`, sent to
+//! `/v1/messages`, and the answer (or event stream) translated back.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use eventsource_stream::Event;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use keel_config::{ModelTarget, ProviderConfig, ProviderId};
+use keel_translate::{MessagesToChatStream, chat_request_to_messages, messages_response_to_chat};
+use keel_types::anthropic::{MessagesResponse, StreamEvent};
+use keel_types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
+use serde_json::Value;
+
+use crate::http::{client, kind_of_status, refine, snippet, transport_error};
+use crate::sse::{Decoder, chat_stream};
+use crate::{ChatStream, ErrorKind, Provider, ProviderError};
+
+/// The API version keel speaks; the wire format below follows it.
+const API_VERSION: &str = "2023-06-01";
+
+pub(crate) struct AnthropicProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: ProviderId,
+    cfg: ProviderConfig,
+    http: reqwest::Client,
+}
+
+impl AnthropicProvider {
+    pub(crate) fn new(cfg: ProviderConfig) -> Result<Self, ProviderError> {
+        let http = client(&cfg)?;
+        Ok(Self { inner: Arc::new(Inner { id: cfg.id.clone(), cfg, http }) })
+    }
+}
+
+impl Inner {
+    fn request(&self, target: &ModelTarget, req: &ChatRequest) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let body = chat_request_to_messages(req, &target.model, self.cfg.default_max_tokens).map_err(|e| {
+            let kind = if e.message.contains("cannot") { ErrorKind::Unsupported } else { ErrorKind::InvalidRequest };
+            ProviderError::new(&self.id, kind, e.message)
+        })?;
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            ProviderError::new(&self.id, ErrorKind::InvalidRequest, format!("cannot encode request: {e}"))
+        })?;
+        let mut rb = self
+            .http
+            .post(format!("{}/v1/messages", self.cfg.base_url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("anthropic-version", API_VERSION)
+            .body(body);
+        if let Some(key) = &self.cfg.api_key {
+            rb = rb.header("x-api-key", key.expose());
+        }
+        for (name, value) in &self.cfg.headers {
+            rb = rb.header(name, value);
+        }
+        Ok(rb)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
+        let resp = rb.send().await.map_err(|e| transport_error(&self.id, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = crate::http::retry_after(resp.headers());
+        let body = resp.bytes().await.unwrap_or_default();
+        let mut err = classify(&self.id, status, &body);
+        err.retry_after = retry_after;
+        Err(err)
+    }
+}
+
+/// Anthropic errors: `{"type":"error","error":{"type":"overloaded_error","message":…}}`.
+fn classify(provider: &ProviderId, status: u16, body: &[u8]) -> ProviderError {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let error = json.as_ref().and_then(|v| v.get("error"));
+    let code = error.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_string);
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string);
+    let message = message.unwrap_or_else(|| format!("upstream returned HTTP {status}: {}", snippet(body)));
+    ProviderError { status: Some(status), ..error_of(provider, kind_of_status(status), code, message) }
+}
+
+fn error_of(provider: &ProviderId, kind: ErrorKind, code: Option<String>, message: String) -> ProviderError {
+    let kind = if code.as_deref() == Some("overloaded_error") { ErrorKind::Server } else { kind };
+    let kind = refine(kind, code.as_deref(), &message);
+    ProviderError { code, ..ProviderError::new(provider, kind, message) }
+}
+
+impl Provider for AnthropicProvider {
+    fn id(&self) -> &ProviderId {
+        &self.inner.id
+    }
+
+    fn chat(
+        &self,
+        target: &ModelTarget,
+        mut req: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatResponse, ProviderError>> {
+        let inner = self.inner.clone();
+        req.stream = false;
+        let rb = inner.request(target, &req);
+        async move {
+            let resp = inner.send(rb?.timeout(inner.cfg.request_timeout)).await?;
+            let body = resp.bytes().await.map_err(|e| transport_error(&inner.id, &e))?;
+            let parsed: MessagesResponse = serde_json::from_slice(&body).map_err(|e| {
+                ProviderError::new(
+                    &inner.id,
+                    ErrorKind::Protocol,
+                    format!("upstream answered with an invalid body ({e}): {}", snippet(&body)),
+                )
+            })?;
+            let mut chat = messages_response_to_chat(parsed);
+            chat.created = unix_now();
+            Ok(chat)
+        }
+        .boxed()
+    }
+
+    fn chat_stream(
+        &self,
+        target: &ModelTarget,
+        mut req: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatStream, ProviderError>> {
+        let inner = self.inner.clone();
+        req.stream = true;
+        let rb = inner.request(target, &req);
+        async move {
+            let resp = inner.send(rb?.header(reqwest::header::ACCEPT, "text/event-stream")).await?;
+            let decoder = AnthropicDecoder {
+                provider: inner.id.clone(),
+                translator: MessagesToChatStream::new(true),
+                created: unix_now(),
+            };
+            Ok(chat_stream(inner.id.clone(), resp, decoder))
+        }
+        .boxed()
+    }
+
+    fn embeddings(
+        &self,
+        _target: &ModelTarget,
+        _req: EmbeddingsRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingsResponse, ProviderError>> {
+        let err = ProviderError::new(&self.inner.id, ErrorKind::Unsupported, "Anthropic has no embeddings API");
+        futures::future::ready(Err(err)).boxed()
+    }
+}
+
+struct AnthropicDecoder {
+    provider: ProviderId,
+    translator: MessagesToChatStream,
+    /// Anthropic messages carry no timestamp; OpenAI chunks do.
+    created: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Decoder for AnthropicDecoder {
+    fn event(&mut self, event: Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        if event.data.trim().is_empty() {
+            return Ok(());
+        }
+        let parsed: StreamEvent = serde_json::from_str(&event.data).map_err(|e| {
+            ProviderError::new(
+                &self.provider,
+                ErrorKind::Protocol,
+                format!("malformed stream event ({e}): {}", snippet(event.data.as_bytes())),
+            )
+        })?;
+        if let StreamEvent::Error { error } = &parsed {
+            return Err(error_of(&self.provider, ErrorKind::Server, Some(error.kind.clone()), error.message.clone()));
+        }
+        out.extend(self.translator.push(parsed).into_iter().map(|mut chunk| {
+            chunk.created = self.created;
+            chunk
+        }));
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        self.translator.is_complete()
+    }
+}

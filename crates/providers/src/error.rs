@@ -1,0 +1,69 @@
+//! The provider error: where a failure came from, what class it is, and whether another attempt can succeed.
+
+use std::time::Duration;
+
+use keel_config::ProviderId;
+
+/// The class of a provider failure. The retry policy reads only [`ProviderError::retryable`]; the HTTP mapping
+/// reads the class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The TCP or TLS connection could not be made; nothing was sent.
+    Connect,
+    /// The connection failed after the request was sent, before any response byte.
+    ConnectionLost,
+    /// No answer within the configured time.
+    Timeout,
+    /// 429 from the vendor.
+    RateLimited,
+    /// The prompt does not fit the model's context window.
+    ContextLengthExceeded,
+    /// The vendor refused the content (moderation, safety filter).
+    ContentFilter,
+    /// 401 or 403: the key is wrong or lacks permission.
+    Auth,
+    /// 404: unknown model or deployment.
+    NotFound,
+    /// Any other 4xx: the request itself is wrong.
+    InvalidRequest,
+    /// 5xx (and Anthropic's 529 overloaded).
+    Server,
+    /// The answer does not follow the vendor's wire format (non-JSON, missing fields, malformed chunk).
+    Protocol,
+    /// The stream broke or ended before the answer was complete.
+    StreamIncomplete,
+    /// The request cannot be expressed in the vendor's API (for example `n > 1` for Anthropic).
+    Unsupported,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{provider}: {message}")]
+pub struct ProviderError {
+    pub provider: ProviderId,
+    pub kind: ErrorKind,
+    /// The upstream HTTP status, when the vendor answered with one.
+    pub status: Option<u16>,
+    pub message: String,
+    /// The vendor's own error type or code (`"rate_limit_exceeded"`, `"overloaded_error"`), when it gave one.
+    pub code: Option<String>,
+    /// How long the vendor asked us to wait (`Retry-After`, `retry-after-ms`).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(provider: &ProviderId, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { provider: provider.clone(), kind, status: None, message: message.into(), code: None, retry_after: None }
+    }
+
+    /// Whether the same request can succeed on another attempt at the same target.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Connect
+                | ErrorKind::ConnectionLost
+                | ErrorKind::Timeout
+                | ErrorKind::RateLimited
+                | ErrorKind::Server
+        )
+    }
+}

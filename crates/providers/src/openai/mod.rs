@@ -1,0 +1,199 @@
+//! OpenAI and every OpenAI-compatible server (Azure OpenAI, vLLM, Ollama, Groq, Together, Mistral, …): one
+//! implementation, with the vendors' differences in [`quirks`].
+
+mod errors;
+mod quirks;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use eventsource_stream::Event;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use keel_config::{ModelTarget, ProviderConfig, ProviderId};
+use keel_types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
+use serde::de::DeserializeOwned;
+
+use crate::http::{client, snippet, transport_error};
+use crate::sse::{Decoder, chat_stream};
+use crate::{ChatStream, ErrorKind, Provider, ProviderError};
+use quirks::{Auth, Quirks};
+
+pub(crate) struct OpenAiProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: ProviderId,
+    cfg: ProviderConfig,
+    quirks: &'static Quirks,
+    http: reqwest::Client,
+}
+
+impl OpenAiProvider {
+    pub(crate) fn new(cfg: ProviderConfig) -> Result<Self, ProviderError> {
+        let http = client(&cfg)?;
+        let inner = Inner { id: cfg.id.clone(), quirks: quirks::of(cfg.kind), cfg, http };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+}
+
+impl Inner {
+    fn url(&self, target: &ModelTarget, endpoint: &str) -> String {
+        let base = &self.cfg.base_url;
+        if self.quirks.azure_paths {
+            let deployment = target.deployment.as_deref().unwrap_or(&target.model);
+            let version = self.cfg.api_version.as_deref().unwrap_or_default();
+            format!("{base}/openai/deployments/{deployment}/{endpoint}?api-version={version}")
+        } else {
+            format!("{base}/{endpoint}")
+        }
+    }
+
+    fn post(&self, url: String, body: Vec<u8>) -> reqwest::RequestBuilder {
+        let mut rb = self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        if let Some(key) = &self.cfg.api_key {
+            rb = match self.quirks.auth {
+                Auth::Bearer => rb.bearer_auth(key.expose()),
+                Auth::ApiKeyHeader => rb.header("api-key", key.expose()),
+            };
+        }
+        for (name, value) in &self.cfg.headers {
+            rb = rb.header(name, value);
+        }
+        rb
+    }
+
+    /// Sends the request and returns the response if its status is a success; otherwise the classified error.
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
+        let resp = rb.send().await.map_err(|e| transport_error(&self.id, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = crate::http::retry_after(resp.headers());
+        let body = resp.bytes().await.unwrap_or_default();
+        let mut err = errors::classify(&self.id, status, &body);
+        err.retry_after = retry_after;
+        Err(err)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ProviderError> {
+        let resp = self.send(rb.timeout(self.cfg.request_timeout)).await?;
+        let body = resp.bytes().await.map_err(|e| {
+            let mut err = transport_error(&self.id, &e);
+            if err.kind == ErrorKind::ConnectionLost {
+                err.kind = ErrorKind::StreamIncomplete;
+            }
+            err
+        })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ProviderError::new(
+                &self.id,
+                ErrorKind::Protocol,
+                format!("upstream answered with an invalid body ({e}): {}", snippet(&body)),
+            )
+        })
+    }
+}
+
+fn encode(id: &ProviderId, value: &impl serde::Serialize) -> Result<Vec<u8>, ProviderError> {
+    serde_json::to_vec(value)
+        .map_err(|e| ProviderError::new(id, ErrorKind::InvalidRequest, format!("cannot encode request: {e}")))
+}
+
+impl Provider for OpenAiProvider {
+    fn id(&self) -> &ProviderId {
+        &self.inner.id
+    }
+
+    fn chat(
+        &self,
+        target: &ModelTarget,
+        mut req: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatResponse, ProviderError>> {
+        let inner = self.inner.clone();
+        let url = inner.url(target, "chat/completions");
+        req.model.clone_from(&target.model);
+        req.stream = false;
+        async move {
+            inner.quirks.apply(&mut req);
+            let body = encode(&inner.id, &req)?;
+            inner.json(inner.post(url, body)).await
+        }
+        .boxed()
+    }
+
+    fn chat_stream(
+        &self,
+        target: &ModelTarget,
+        mut req: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatStream, ProviderError>> {
+        let inner = self.inner.clone();
+        let url = inner.url(target, "chat/completions");
+        req.model.clone_from(&target.model);
+        req.stream = true;
+        async move {
+            inner.quirks.apply(&mut req);
+            let body = encode(&inner.id, &req)?;
+            let resp = inner.send(inner.post(url, body).header(reqwest::header::ACCEPT, "text/event-stream")).await?;
+            Ok(chat_stream(inner.id.clone(), resp, OpenAiDecoder { provider: inner.id.clone(), done: false }))
+        }
+        .boxed()
+    }
+
+    fn embeddings(
+        &self,
+        target: &ModelTarget,
+        mut req: EmbeddingsRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingsResponse, ProviderError>> {
+        let inner = self.inner.clone();
+        let url = inner.url(target, "embeddings");
+        req.model.clone_from(&target.model);
+        async move {
+            let body = encode(&inner.id, &req)?;
+            inner.json(inner.post(url, body)).await
+        }
+        .boxed()
+    }
+}
+
+/// OpenAI's stream: `data: <chunk>` events, `data: [DONE]` at the end, and `data: {"error": …}` when the vendor
+/// fails mid-stream.
+struct OpenAiDecoder {
+    provider: ProviderId,
+    done: bool,
+}
+
+impl Decoder for OpenAiDecoder {
+    fn event(&mut self, event: Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        match serde_json::from_str::<ChatChunk>(data) {
+            Ok(chunk) => {
+                out.push_back(chunk);
+                Ok(())
+            }
+            Err(parse_error) => {
+                if let Some(err) = errors::stream_error(&self.provider, data) {
+                    return Err(err);
+                }
+                Err(ProviderError::new(
+                    &self.provider,
+                    ErrorKind::Protocol,
+                    format!("malformed stream chunk ({parse_error}): {}", snippet(data.as_bytes())),
+                ))
+            }
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.done
+    }
+}

@@ -1,0 +1,102 @@
+//! The differences between OpenAI-compatible vendors, as data. One implementation reads this table; there is no
+//! copy of the provider per vendor.
+
+use keel_config::ProviderKind;
+use keel_types::ChatRequest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// Azure OpenAI: `api-key: KEY`.
+    ApiKeyHeader,
+}
+
+#[derive(Debug)]
+pub(crate) struct Quirks {
+    pub auth: Auth,
+    /// Azure OpenAI's `/openai/deployments/{deployment}/…?api-version=…` paths.
+    pub azure_paths: bool,
+    /// The vendor knows only `max_tokens`, not OpenAI's newer `max_completion_tokens`.
+    pub legacy_max_tokens: bool,
+    /// The vendor's name for `seed`.
+    pub seed_field: &'static str,
+    /// Whether `metadata` may be sent: OpenAI accepts it only with `store: true`, others not at all.
+    pub metadata_with_store: bool,
+    /// Fields the vendor rejects, removed before sending.
+    pub drop_fields: &'static [&'static str],
+    /// Whether `stream_options.include_usage` is understood (otherwise the vendor reports usage unasked or not at all).
+    pub stream_options: bool,
+}
+
+const OPENAI: Quirks = Quirks {
+    auth: Auth::Bearer,
+    azure_paths: false,
+    legacy_max_tokens: false,
+    seed_field: "seed",
+    metadata_with_store: true,
+    drop_fields: &[],
+    stream_options: true,
+};
+
+pub(crate) fn of(kind: ProviderKind) -> &'static Quirks {
+    static AZURE: Quirks = Quirks { auth: Auth::ApiKeyHeader, azure_paths: true, ..OPENAI };
+    // Self-hosted servers and most hosted ones predate `max_completion_tokens`.
+    static COMPATIBLE: Quirks = Quirks { legacy_max_tokens: true, metadata_with_store: false, ..OPENAI };
+    static GROQ: Quirks =
+        Quirks { metadata_with_store: false, drop_fields: &["logit_bias", "logprobs", "top_logprobs"], ..OPENAI };
+    // Mistral rejects unknown fields with 422 and spells the seed `random_seed`; it always reports stream usage.
+    static MISTRAL: Quirks = Quirks {
+        legacy_max_tokens: true,
+        seed_field: "random_seed",
+        metadata_with_store: false,
+        drop_fields: &["user", "logit_bias", "logprobs", "top_logprobs", "store"],
+        stream_options: false,
+        ..OPENAI
+    };
+    static OPENAI_STATIC: Quirks = OPENAI;
+    match kind {
+        ProviderKind::OpenAi => &OPENAI_STATIC,
+        ProviderKind::Azure => &AZURE,
+        ProviderKind::Groq => &GROQ,
+        ProviderKind::Mistral => &MISTRAL,
+        ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::Together | ProviderKind::OpenAiCompatible => {
+            &COMPATIBLE
+        }
+        // Not an OpenAI dialect; the registry never builds an OpenAI provider for it.
+        ProviderKind::Anthropic => &OPENAI_STATIC,
+    }
+}
+
+impl Quirks {
+    /// Rewrites a canonical request into this vendor's dialect.
+    pub(crate) fn apply(&self, req: &mut ChatRequest) {
+        if self.legacy_max_tokens && req.max_tokens.is_none() {
+            req.max_tokens = req.max_completion_tokens.take();
+        }
+        if self.seed_field != "seed"
+            && let Some(seed) = req.seed.take()
+        {
+            req.extra.insert(self.seed_field.to_string(), seed.into());
+        }
+        let store = req.extra.get("store").and_then(|v| v.as_bool()).unwrap_or(false);
+        if !(self.metadata_with_store && store) {
+            req.metadata = None;
+        }
+        for field in self.drop_fields {
+            req.extra.remove(*field);
+            if *field == "user" {
+                req.user = None;
+            }
+        }
+        if req.stream {
+            if self.stream_options {
+                req.stream_options.get_or_insert_with(Default::default).include_usage = true;
+            } else {
+                req.stream_options = None;
+            }
+        } else {
+            req.stream_options = None;
+        }
+    }
+}

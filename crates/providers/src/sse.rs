@@ -1,0 +1,99 @@
+//! Server-sent events from an upstream response body, with transport failures classified.
+
+use std::collections::VecDeque;
+
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use keel_config::ProviderId;
+use keel_types::ChatChunk;
+
+use crate::http::error_chain;
+use crate::{ChatStream, ErrorKind, ProviderError};
+
+/// The SSE events of a streamed response. A body that breaks mid-way yields one `StreamIncomplete` error.
+fn events(
+    provider: ProviderId,
+    resp: reqwest::Response,
+) -> impl Stream<Item = Result<Event, ProviderError>> + Send + 'static {
+    resp.bytes_stream().eventsource().map(move |item| {
+        item.map_err(|e| {
+            let (kind, what) = match &e {
+                eventsource_stream::EventStreamError::Utf8(_) => (ErrorKind::Protocol, "invalid UTF-8 in stream"),
+                eventsource_stream::EventStreamError::Parser(_) => {
+                    (ErrorKind::Protocol, "malformed server-sent events")
+                }
+                eventsource_stream::EventStreamError::Transport(_) => (ErrorKind::StreamIncomplete, "stream broke"),
+            };
+            ProviderError::new(&provider, kind, format!("{what}: {}", error_chain(&e)))
+        })
+    })
+}
+
+/// Turns SSE events into canonical chunks for one vendor's stream format.
+pub(crate) trait Decoder: Send + 'static {
+    /// Handles one event, appending the chunks it produces. An error ends the stream after those chunks.
+    fn event(&mut self, event: Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError>;
+
+    /// Whether the vendor's end-of-stream marker was seen (`[DONE]`, `message_stop`).
+    fn is_complete(&self) -> bool;
+}
+
+struct State<S, D> {
+    events: S,
+    decoder: D,
+    pending: VecDeque<ChatChunk>,
+    error: Option<ProviderError>,
+    finished: bool,
+    provider: ProviderId,
+}
+
+/// The canonical chunk stream of an upstream SSE response. It ends silently only after the vendor's end marker;
+/// a body that ends early or breaks yields a final `StreamIncomplete` error, after every chunk already decoded.
+pub(crate) fn chat_stream<D: Decoder>(provider: ProviderId, resp: reqwest::Response, decoder: D) -> ChatStream {
+    let state = State {
+        events: Box::pin(events(provider.clone(), resp)),
+        decoder,
+        pending: VecDeque::new(),
+        error: None,
+        finished: false,
+        provider,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(chunk) = st.pending.pop_front() {
+                return Some((Ok(chunk), st));
+            }
+            if let Some(e) = st.error.take() {
+                return Some((Err(e), st));
+            }
+            if st.finished {
+                return None;
+            }
+            match st.events.next().await {
+                Some(Ok(event)) => {
+                    if let Err(e) = st.decoder.event(event, &mut st.pending) {
+                        st.error = Some(e);
+                        st.finished = true;
+                    } else if st.decoder.is_complete() {
+                        st.finished = true;
+                    }
+                }
+                Some(Err(e)) => {
+                    st.error = Some(e);
+                    st.finished = true;
+                }
+                None => {
+                    st.finished = true;
+                    if !st.decoder.is_complete() {
+                        st.error = Some(ProviderError::new(
+                            &st.provider,
+                            ErrorKind::StreamIncomplete,
+                            "stream ended before the answer was complete (no end-of-stream marker)",
+                        ));
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}

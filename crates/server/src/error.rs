@@ -1,0 +1,172 @@
+//! The one mapping from failures to HTTP responses, in the error format of the API the client called.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keel_pipeline::{GatewayError, InboundApi};
+use keel_providers::{ErrorKind, ProviderError};
+use keel_types::error::{AnthropicError, AnthropicErrorBody, OpenAiError, OpenAiErrorBody};
+
+/// An error as the client sees it. Built from [`GatewayError`] in one exhaustive match, rendered per API.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// The error type in OpenAI's vocabulary (`invalid_request_error`, `rate_limit_error`, …).
+    pub kind: &'static str,
+    pub message: String,
+    pub code: Option<String>,
+    pub param: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, message: message.into(), code: None, param: None, retry_after: None }
+    }
+
+    pub fn invalid(message: impl Into<String>, param: Option<String>) -> Self {
+        Self { param, ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message)
+    }
+
+    fn code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_string());
+        self
+    }
+
+    /// The error type in Anthropic's vocabulary.
+    fn anthropic_kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 405 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    pub fn openai_body(&self) -> OpenAiErrorBody {
+        OpenAiErrorBody {
+            error: OpenAiError {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        }
+    }
+
+    pub fn anthropic_body(&self) -> AnthropicErrorBody {
+        AnthropicErrorBody {
+            kind: "error".into(),
+            error: AnthropicError { kind: self.anthropic_kind().into(), message: self.message.clone() },
+        }
+    }
+
+    pub fn into_response_for(self, api: InboundApi) -> Response {
+        let mut resp = match api {
+            InboundApi::OpenAi => (self.status, Json(self.openai_body())).into_response(),
+            InboundApi::Anthropic => (self.status, Json(self.anthropic_body())).into_response(),
+        };
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: a client that waits this long is not early.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::UnknownModel { model, known } => {
+                let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("The model `{model}` does not exist in this keel gateway. Configured models: {list}."),
+                )
+                .code("model_not_found")
+            }
+            GatewayError::ProviderUnavailable(id) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                format!("provider {id} is configured but not available"),
+            ),
+            GatewayError::Provider(e) => provider_error(e),
+        }
+    }
+}
+
+fn provider_error(e: ProviderError) -> ApiError {
+    let upstream = match e.status {
+        Some(s) => format!("provider {} (HTTP {s}): {}", e.provider, e.message),
+        None => format!("provider {}: {}", e.provider, e.message),
+    };
+    let mut err = match e.kind {
+        ErrorKind::Connect | ErrorKind::ConnectionLost => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("cannot reach {upstream}"))
+        }
+        ErrorKind::Timeout => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", upstream),
+        ErrorKind::RateLimited => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", upstream),
+        ErrorKind::ContextLengthExceeded => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", upstream).code("context_length_exceeded")
+        }
+        ErrorKind::ContentFilter => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", upstream).code("content_filter")
+        }
+        // The provider refused keel's own credentials: a gateway misconfiguration, not the client's fault.
+        ErrorKind::Auth => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_auth_error", upstream),
+        ErrorKind::NotFound => {
+            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", upstream).code("model_not_found")
+        }
+        ErrorKind::InvalidRequest => {
+            let status = e.status.and_then(|s| StatusCode::from_u16(s).ok()).filter(|s| s.is_client_error());
+            ApiError::new(status.unwrap_or(StatusCode::BAD_REQUEST), "invalid_request_error", upstream)
+        }
+        ErrorKind::Unsupported => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", upstream),
+        ErrorKind::Server if matches!(e.status, Some(503 | 529)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", upstream)
+        }
+        ErrorKind::Server | ErrorKind::Protocol | ErrorKind::StreamIncomplete => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", upstream)
+        }
+    };
+    if err.code.is_none() {
+        err.code = e.code;
+    }
+    err.retry_after = e.retry_after;
+    err
+}
+
+/// Any path keel does not serve.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("no route for {}", uri.path()))
+        .code("unknown_url")
+        .into_response_for(api_of_path(uri.path()))
+}
+
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response_for(api_of_path(uri.path()))
+}
+
+fn api_of_path(path: &str) -> InboundApi {
+    if path.starts_with("/v1/messages") { InboundApi::Anthropic } else { InboundApi::OpenAi }
+}

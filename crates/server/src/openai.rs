@@ -1,0 +1,137 @@
+//! Handlers of the OpenAI API: chat completions, embeddings, models.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keel_pipeline::{GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
+use keel_types::models::{ModelInfo, ModelList};
+use keel_types::{ChatRequest, EmbeddingInput, EmbeddingsRequest};
+use tower::ServiceExt;
+
+use crate::{ApiError, AppState, body, stream};
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(
+    State(app): State<AppState>,
+    Extension(id): Extension<RequestId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: ChatRequest = match body::parse(body).and_then(validate_chat) {
+        Ok(r) => r,
+        Err(e) => return e.into_response_for(InboundApi::OpenAi),
+    };
+    let wants_usage = req.include_usage();
+    let ctx = RequestContext::new(id, InboundApi::OpenAi, &req.model);
+    let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
+    let served_by = served_by(&resp.ctx);
+    let mut out = match resp.result {
+        Ok(Output::Chat(r)) => Json(r).into_response(),
+        Ok(Output::ChatStream(s)) => stream::openai(s, wants_usage),
+        Ok(Output::Embeddings(_)) => unexpected(),
+        Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
+    };
+    if let Some(v) = served_by {
+        out.headers_mut().insert("x-keel-served-by", v);
+    }
+    out
+}
+
+fn validate_chat(req: ChatRequest) -> Result<ChatRequest, ApiError> {
+    if req.model.is_empty() {
+        return Err(ApiError::invalid("model: must not be empty", Some("model".into())));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages: must contain at least one message", Some("messages".into())));
+    }
+    Ok(req)
+}
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(
+    State(app): State<AppState>,
+    Extension(id): Extension<RequestId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: EmbeddingsRequest = match body::parse(body).and_then(validate_embeddings) {
+        Ok(r) => r,
+        Err(e) => return e.into_response_for(InboundApi::OpenAi),
+    };
+    let ctx = RequestContext::new(id, InboundApi::OpenAi, &req.model);
+    let resp = run(&app, GatewayRequest { ctx, op: Operation::Embeddings(req) }).await;
+    let served_by = served_by(&resp.ctx);
+    let mut out = match resp.result {
+        Ok(Output::Embeddings(r)) => Json(r).into_response(),
+        Ok(_) => unexpected(),
+        Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
+    };
+    if let Some(v) = served_by {
+        out.headers_mut().insert("x-keel-served-by", v);
+    }
+    out
+}
+
+fn validate_embeddings(req: EmbeddingsRequest) -> Result<EmbeddingsRequest, ApiError> {
+    if req.model.is_empty() {
+        return Err(ApiError::invalid("model: must not be empty", Some("model".into())));
+    }
+    let empty = match &req.input {
+        EmbeddingInput::One(s) => s.is_empty(),
+        EmbeddingInput::Many(v) => v.is_empty() || v.iter().any(String::is_empty),
+        EmbeddingInput::Tokens(v) => v.is_empty(),
+        EmbeddingInput::ManyTokens(v) => v.is_empty() || v.iter().any(Vec::is_empty),
+    };
+    if empty {
+        return Err(ApiError::invalid("input: must not be empty or contain empty strings", Some("input".into())));
+    }
+    Ok(req)
+}
+
+/// `GET /v1/models`: the configured model aliases.
+pub(crate) async fn models(State(app): State<AppState>) -> Json<ModelList> {
+    let data = app.inner.routes.names().into_iter().map(model_info).collect();
+    Json(ModelList { object: "list".into(), data })
+}
+
+/// `GET /v1/models/{id}`.
+pub(crate) async fn model(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    if app.inner.routes.targets(&id).is_some() {
+        return Json(model_info(id)).into_response();
+    }
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: Some("model_not_found".into()),
+        ..ApiError::invalid(format!("The model `{id}` does not exist in this keel gateway."), Some("model".into()))
+    }
+    .into_response_for(InboundApi::OpenAi)
+}
+
+fn model_info(id: String) -> ModelInfo {
+    ModelInfo { id, object: "model".into(), created: 0, owned_by: "keel".into() }
+}
+
+pub(crate) async fn run(app: &AppState, req: GatewayRequest) -> keel_pipeline::GatewayResponse {
+    match app.inner.pipeline.clone().oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+/// `provider/model` of the attempt that answered, for the `x-keel-served-by` header.
+pub(crate) fn served_by(ctx: &RequestContext) -> Option<HeaderValue> {
+    let a = ctx.served_by()?;
+    HeaderValue::from_str(&format!("{}/{}", a.provider, a.model)).ok()
+}
+
+/// The pipeline answered an operation with the output of another: a bug in keel, reported as such.
+pub(crate) fn unexpected() -> Response {
+    tracing::error!("pipeline returned an output of the wrong kind");
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        ..ApiError::invalid("internal error: unexpected output kind", None)
+    }
+    .into_response_for(InboundApi::OpenAi)
+}
