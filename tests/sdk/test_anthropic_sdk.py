@@ -97,7 +97,6 @@ def test_stream_text_and_final_message(anth, mock, route: Route):
     assert pieces == ["echo: ", "Say ", "hello ", "to ", "the ", "world"]
     assert [(b.type, b.text) for b in final.content] == [("text", "echo: Say hello to the world")]
     assert final.stop_reason == "end_turn"
-    assert final.model == route.upstream_model
     assert (final.usage.input_tokens, final.usage.output_tokens) == (5, 6)
 
     attempt = mock.only_attempt()
@@ -105,6 +104,15 @@ def test_stream_text_and_final_message(anth, mock, route: Route):
     assert attempt.body["messages"] == [user("Say hello to the world")]
     if route.openai_upstream:
         assert attempt.body["stream_options"] == {"include_usage": True}
+
+
+def test_stream_reports_the_same_model_as_non_stream(anth, mock, route: Route):
+    """`message_start` names the model that answers, as the non-streamed answer does: the upstream's."""
+    message = anth.messages.create(model=route.alias, max_tokens=16, messages=[user("hi")])
+    with anth.messages.stream(model=route.alias, max_tokens=16, messages=[user("hi")]) as stream:
+        final = stream.get_final_message()
+    assert message.model == route.upstream_model
+    assert final.model == message.model
 
 
 def test_stream_event_sequence(anth, mock, route: Route):

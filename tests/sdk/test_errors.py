@@ -254,7 +254,7 @@ def test_openai_stream_without_end_marker_raises(oai, mock, route: Route):
 
 @pytest.mark.parametrize("route", CHAT_ROUTES)
 def test_openai_stream_malformed_chunk_raises(oai, mock, route: Route):
-    mock.script(up.echo(fault={"malformed_chunk_at": CUT_AFTER_TWO_WORDS[route.upstream_kind]}))
+    mock.script(up.echo(fault=up.malformed_at(CUT_AFTER_TWO_WORDS[route.upstream_kind])))
     stream = oai.chat.completions.create(model=route.alias, messages=[{"role": "user", "content": PROMPT}], stream=True)
     reader = OpenAiStreamReader()
     with pytest.raises(openai.APIError) as exc:

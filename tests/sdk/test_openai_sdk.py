@@ -4,6 +4,7 @@ by an Anthropic upstream (claude-test)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from pydantic import BaseModel
@@ -80,6 +81,16 @@ def test_chat_non_stream(oai, mock, route: Route):
     assert_forwarded_text_request(route, attempt, [{"role": "user", "content": prompt}])
     assert attempt.body["max_tokens"] == 64
     assert attempt.body.get("stream", False) is False
+
+
+def test_created_is_a_unix_timestamp(oai, mock, route: Route):
+    """`created` is the Unix time of the answer, whichever upstream served it (Anthropic answers carry none)."""
+    completion = oai.chat.completions.create(model=route.alias, messages=[{"role": "user", "content": "hi"}])
+    chunks = list(oai.chat.completions.create(
+        model=route.alias, messages=[{"role": "user", "content": "hi"}], stream=True))
+    now = time.time()
+    assert abs(completion.created - now) < 600, completion.created
+    assert all(abs(c.created - now) < 600 for c in chunks), [c.created for c in chunks]
 
 
 def test_request_id_is_echoed(oai, mock, route: Route):

@@ -95,6 +95,10 @@ def cut_after(n: int) -> dict[str, int]:
     return {"cut_after_chunks": n}
 
 
+def malformed_at(n: int) -> dict[str, int]:
+    return {"malformed_chunk_at": n}
+
+
 NO_DONE = "no_done"
 RESET_BEFORE_HEADERS = "reset_before_headers"
 

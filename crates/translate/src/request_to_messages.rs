@@ -201,12 +201,10 @@ fn assistant_content(m: &Message, param: &str) -> Result<Option<AContent>, Trans
 
     let mut blocks = thinking;
     match &m.content {
-        None => {}
-        Some(Content::Text(text)) => {
-            if !text.is_empty() {
-                blocks.push(ContentBlock::Text { text: text.clone(), extra: Extra::new() });
-            }
+        Some(Content::Text(text)) if !text.is_empty() => {
+            blocks.push(ContentBlock::Text { text: text.clone(), extra: Extra::new() });
         }
+        None | Some(Content::Text(_)) => {}
         Some(Content::Parts(parts)) => {
             for (j, p) in parts.iter().enumerate() {
                 let text = match p.kind.as_str() {

@@ -203,10 +203,10 @@ impl ChatToMessagesStream {
         if text.is_empty() {
             return;
         }
-        let last_matches = self.queue.back().is_some_and(|p| match (&p.kind, prose) {
-            (Kind::Text, Prose::Text) | (Kind::Thinking, Prose::Thinking) => true,
-            _ => false,
-        });
+        let last_matches = self
+            .queue
+            .back()
+            .is_some_and(|p| matches!((&p.kind, prose), (Kind::Text, Prose::Text) | (Kind::Thinking, Prose::Thinking)));
         if !last_matches {
             let kind = match prose {
                 Prose::Text => Kind::Text,

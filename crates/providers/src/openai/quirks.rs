@@ -2,7 +2,7 @@
 //! copy of the provider per vendor.
 
 use keel_config::ProviderKind;
-use keel_types::ChatRequest;
+use keel_types::{ChatRequest, Content};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Auth {
@@ -89,6 +89,7 @@ impl Quirks {
                 req.user = None;
             }
         }
+        strip_anthropic_fields(req);
         if req.stream {
             if self.stream_options {
                 req.stream_options.get_or_insert_with(Default::default).include_usage = true;
@@ -98,5 +99,22 @@ impl Quirks {
         } else {
             req.stream_options = None;
         }
+    }
+}
+
+/// Removes what an Anthropic client's request carries for Anthropic's sake (`thinking_blocks` on assistant
+/// messages, `cache_control` on content parts and tools): OpenAI-compatible servers reject unknown fields there.
+fn strip_anthropic_fields(req: &mut ChatRequest) {
+    for m in &mut req.messages {
+        m.extra.remove("thinking_blocks");
+        m.extra.remove("cache_control");
+        if let Some(Content::Parts(parts)) = &mut m.content {
+            for p in parts {
+                p.extra.remove("cache_control");
+            }
+        }
+    }
+    for t in req.tools.iter_mut().flatten() {
+        t.extra.remove("cache_control");
     }
 }

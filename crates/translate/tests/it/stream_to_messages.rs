@@ -271,7 +271,7 @@ fn arguments_split_inside_escapes_strings_and_multibyte_characters() {
     let whole = pieces.concat();
     assert_eq!(blocks, [tool_use("call_u", "search", &whole), tool_use("call_v", "search", "{}")]);
     let parsed: Value = serde_json::from_str(&whole).unwrap();
-    assert_eq!(parsed, json!({"q": "café \"{not a brace}\\\"", "e": "😀"}));
+    assert_eq!(parsed, json!({"q": "café \"{not a brace}\\", "e": "😀"}));
 }
 
 #[test]
@@ -510,6 +510,7 @@ fn random_interleavings_reassemble_exactly() {
         // Calls start in index order, as every server sends them; after that, anything goes.
         let mut chunks = vec![role()];
         let mut started = 0;
+        let mut dots = 0;
         loop {
             let open: Vec<usize> = (0..args.len().min(started + 1)).filter(|k| !queues[*k].is_empty()).collect();
             if open.is_empty() {
@@ -519,6 +520,7 @@ fn random_interleavings_reassemble_exactly() {
             started = started.max(k + 1);
             if rng.below(10) == 0 {
                 chunks.push(text("."));
+                dots += 1;
             }
             chunks.extend(queues[k].pop());
         }
@@ -530,5 +532,14 @@ fn random_interleavings_reassemble_exactly() {
         let want: Vec<Block> =
             args.iter().enumerate().map(|(k, a)| tool_use(&format!("call_{k}"), &format!("fn_{k}"), a)).collect();
         assert_eq!(calls, want.iter().collect::<Vec<_>>(), "seed {seed}");
+        let text: String = assembled
+            .blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, ".".repeat(dots), "seed {seed}");
     }
 }

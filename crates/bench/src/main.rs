@@ -1,0 +1,131 @@
+//! `keel-bench`: an open-loop HTTP load generator for keel's gateway benchmark.
+//!
+//! It sends requests at a fixed rate (a request is started at its scheduled time whether or not earlier ones have
+//! finished, so a slow server cannot slow the load down and hide its own latency), and reports latency
+//! percentiles; for streams, the time to the first body byte too. Written here rather than using `oha` because
+//! it must time the first byte of SSE streams, which general load generators do not report.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The chat completions URL (`http://127.0.0.1:PORT/v1/chat/completions`).
+    #[arg(long)]
+    url: String,
+    /// Requests per second.
+    #[arg(long)]
+    rate: u32,
+    /// Number of measured requests (after the warm-up).
+    #[arg(long, default_value_t = 10_000)]
+    requests: u32,
+    /// Warm-up requests at the same rate, not measured.
+    #[arg(long, default_value_t = 500)]
+    warmup: u32,
+    #[arg(long, default_value = "bench")]
+    model: String,
+    /// Stream the answer (`"stream": true`) and time the first byte.
+    #[arg(long)]
+    stream: bool,
+    /// A label printed with the results.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+struct Sample {
+    total: Duration,
+    first_byte: Duration,
+    ok: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // One worker thread: the generator must not take both cores from the system under test.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).build()?;
+    let body = serde_json::json!({
+        "model": args.model,
+        "stream": args.stream,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Tell me about the history of the city of Zurich in three sentences."}
+        ],
+        "max_tokens": 64
+    })
+    .to_string();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let total = args.warmup + args.requests;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + interval * i;
+        let client = client.clone();
+        let body = body.clone();
+        let url = args.url.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            one(&client, &url, body).await
+        }));
+    }
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut ttfb = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0u32;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let s = t.await.context("request task")?;
+        if (i as u32) < args.warmup {
+            continue;
+        }
+        if !s.ok {
+            errors += 1;
+            continue;
+        }
+        lat.record(s.total.as_micros().max(1) as u64)?;
+        ttfb.record(s.first_byte.as_micros().max(1) as u64)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let out = serde_json::json!({
+        "label": args.label,
+        "rate": args.rate,
+        "stream": args.stream,
+        "requests": args.requests,
+        "errors": errors,
+        "achieved_rps": f64::from(total) / elapsed,
+        "p50_ms": ms(&lat, 0.50), "p99_ms": ms(&lat, 0.99), "p999_ms": ms(&lat, 0.999), "max_ms": lat.max() as f64 / 1000.0,
+        "ttfb_p50_ms": ms(&ttfb, 0.50), "ttfb_p99_ms": ms(&ttfb, 0.99), "ttfb_p999_ms": ms(&ttfb, 0.999),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+async fn one(client: &reqwest::Client, url: &str, body: String) -> Sample {
+    let started = Instant::now();
+    let fail = |started: Instant| Sample { total: started.elapsed(), first_byte: started.elapsed(), ok: false };
+    let Ok(resp) = client.post(url).header("content-type", "application/json").body(body).send().await else {
+        return fail(started);
+    };
+    if !resp.status().is_success() {
+        return fail(started);
+    }
+    let mut stream = resp.bytes_stream();
+    let mut first_byte = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) if !b.is_empty() => {
+                first_byte.get_or_insert_with(|| started.elapsed());
+            }
+            Ok(_) => {}
+            Err(_) => return fail(started),
+        }
+    }
+    let total = started.elapsed();
+    Sample { total, first_byte: first_byte.unwrap_or(total), ok: true }
+}
