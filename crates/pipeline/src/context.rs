@@ -75,6 +75,7 @@ pub enum AttemptOutcome {
 
 /// The operations keel serves.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "moved a handful of times per request; boxing would add an allocation")]
 pub enum Operation {
     /// A chat completion; streamed when `stream` is set.
     Chat(ChatRequest),

@@ -315,7 +315,7 @@ async fn broken_streams_end_with_an_error_never_silently() {
             (Fault::NoDone, ErrorKind::StreamIncomplete),
             (Fault::MalformedChunkAt(2), ErrorKind::Protocol),
         ] {
-            h.mock.enqueue(Reply::echo().fault(fault.clone()));
+            h.mock.enqueue(Reply::echo().fault(fault));
             let stream = h.provider.chat_stream(&h.target, request(true)).await.unwrap();
             let (_, error) = collect(stream).await;
             let error = error.unwrap_or_else(|| panic!("{name}: {fault:?} must end in an error"));

@@ -227,7 +227,7 @@ fn sse_data(body: &str) -> Vec<String> {
 async fn a_cut_stream_ends_with_an_error_event_not_done() {
     let app = app().await;
     for fault in [Fault::CutAfterChunks(2), Fault::NoDone, Fault::MalformedChunkAt(2)] {
-        app.mock.enqueue(Reply::echo().fault(fault.clone()));
+        app.mock.enqueue(Reply::echo().fault(fault));
         let a = send(
             &app,
             "POST",
