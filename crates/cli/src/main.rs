@@ -2,6 +2,11 @@
 
 mod default_config;
 
+/// mimalloc: the gateway allocates many small, short-lived buffers per request; glibc's malloc showed up as
+/// a tenth of keel's CPU time under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -106,7 +111,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, models = cfg.models.len(), "keel listening on http://{addr}");
-    keel_server::serve(listener, router, shutdown_signal()).await?;
+    keel_server::serve(listener, router, shutdown_signal(), cfg.server.shutdown_grace).await?;
     tracing::info!("keel stopped");
     Ok(())
 }

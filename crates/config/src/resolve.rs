@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// After SIGTERM, how long in-flight requests and streams may take to finish before keel exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +208,8 @@ fn resolve_server(raw: RawServer, errors: &mut Errors) -> ServerConfig {
             LogFormat::Text
         }
     };
-    ServerConfig { listen, max_body_bytes, log_format }
+    let shutdown_grace = Duration::from_millis(raw.shutdown_grace_ms.unwrap_or(30_000));
+    ServerConfig { listen, max_body_bytes, log_format, shutdown_grace }
 }
 
 fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Errors) -> Option<ProviderConfig> {

@@ -80,13 +80,20 @@ where
     F: FnMut(Option<Result<keel_types::ChatChunk, ProviderError>>, &mut Vec<u8>) -> bool + Send + 'static,
 {
     let items = upstream.map(Some).chain(futures::stream::once(futures::future::ready(None)));
+    // Items that are already available are encoded into one body frame: one write instead of one per chunk
+    // when the upstream sends in bursts, and no added wait when it does not.
     let mut finished = false;
-    let body = items.scan((), move |_, item| {
+    let body = items.ready_chunks(64).scan((), move |_, batch| {
         if finished {
             return futures::future::ready(None);
         }
-        let mut out = Vec::with_capacity(256);
-        finished = encode(item, &mut out);
+        let mut out = Vec::with_capacity(256 * batch.len());
+        for item in batch {
+            finished = encode(item, &mut out);
+            if finished {
+                break;
+            }
+        }
         futures::future::ready(Some(Bytes::from(out)))
     });
     let body = body.filter(|b| futures::future::ready(!b.is_empty())).map(Ok::<Bytes, std::convert::Infallible>);

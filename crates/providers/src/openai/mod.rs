@@ -28,29 +28,52 @@ struct Inner {
     cfg: ProviderConfig,
     quirks: &'static Quirks,
     http: reqwest::Client,
+    chat_url: Option<reqwest::Url>,
+    embeddings_url: Option<reqwest::Url>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Chat,
+    Embeddings,
+}
+
+fn invalid_url(id: &ProviderId, base: &str) -> ProviderError {
+    ProviderError::new(id, ErrorKind::InvalidRequest, format!("invalid upstream URL from base_url {base:?}"))
 }
 
 impl OpenAiProvider {
     pub(crate) fn new(cfg: ProviderConfig) -> Result<Self, ProviderError> {
         let http = client(&cfg)?;
-        let inner = Inner { id: cfg.id.clone(), quirks: quirks::of(cfg.kind), cfg, http };
+        let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", cfg.base_url)).ok();
+        let embeddings_url = reqwest::Url::parse(&format!("{}/embeddings", cfg.base_url)).ok();
+        let inner = Inner { id: cfg.id.clone(), quirks: quirks::of(cfg.kind), cfg, http, chat_url, embeddings_url };
         Ok(Self { inner: Arc::new(inner) })
     }
 }
 
 impl Inner {
-    fn url(&self, target: &ModelTarget, endpoint: &str) -> String {
+    fn url(&self, target: &ModelTarget, endpoint: Endpoint) -> Result<reqwest::Url, ProviderError> {
         let base = &self.cfg.base_url;
-        if self.quirks.azure_paths {
-            let deployment = target.deployment.as_deref().unwrap_or(&target.model);
-            let version = self.cfg.api_version.as_deref().unwrap_or_default();
-            format!("{base}/openai/deployments/{deployment}/{endpoint}?api-version={version}")
-        } else {
-            format!("{base}/{endpoint}")
+        let name = match endpoint {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Embeddings => "embeddings",
+        };
+        if !self.quirks.azure_paths {
+            // Parsed once at start-up: URL parsing (IDNA included) is a measurable part of a request's CPU time.
+            let url = match endpoint {
+                Endpoint::Chat => &self.chat_url,
+                Endpoint::Embeddings => &self.embeddings_url,
+            };
+            return url.clone().ok_or_else(|| invalid_url(&self.id, base));
         }
+        let deployment = target.deployment.as_deref().unwrap_or(&target.model);
+        let version = self.cfg.api_version.as_deref().unwrap_or_default();
+        reqwest::Url::parse(&format!("{base}/openai/deployments/{deployment}/{name}?api-version={version}"))
+            .map_err(|_| invalid_url(&self.id, base))
     }
 
-    fn post(&self, url: String, body: Vec<u8>) -> reqwest::RequestBuilder {
+    fn post(&self, url: reqwest::Url, body: Vec<u8>) -> reqwest::RequestBuilder {
         let mut rb = self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         if let Some(key) = &self.cfg.api_key {
             rb = match self.quirks.auth {
@@ -113,13 +136,13 @@ impl Provider for OpenAiProvider {
         mut req: ChatRequest,
     ) -> BoxFuture<'static, Result<ChatResponse, ProviderError>> {
         let inner = self.inner.clone();
-        let url = inner.url(target, "chat/completions");
+        let url = inner.url(target, Endpoint::Chat);
         req.model.clone_from(&target.model);
         req.stream = false;
         async move {
             inner.quirks.apply(&mut req);
             let body = encode(&inner.id, &req)?;
-            inner.json(inner.post(url, body)).await
+            inner.json(inner.post(url?, body)).await
         }
         .boxed()
     }
@@ -130,13 +153,13 @@ impl Provider for OpenAiProvider {
         mut req: ChatRequest,
     ) -> BoxFuture<'static, Result<ChatStream, ProviderError>> {
         let inner = self.inner.clone();
-        let url = inner.url(target, "chat/completions");
+        let url = inner.url(target, Endpoint::Chat);
         req.model.clone_from(&target.model);
         req.stream = true;
         async move {
             inner.quirks.apply(&mut req);
             let body = encode(&inner.id, &req)?;
-            let resp = inner.send(inner.post(url, body).header(reqwest::header::ACCEPT, "text/event-stream")).await?;
+            let resp = inner.send(inner.post(url?, body).header(reqwest::header::ACCEPT, "text/event-stream")).await?;
             Ok(chat_stream(inner.id.clone(), resp, OpenAiDecoder { provider: inner.id.clone(), done: false }))
         }
         .boxed()
@@ -148,11 +171,11 @@ impl Provider for OpenAiProvider {
         mut req: EmbeddingsRequest,
     ) -> BoxFuture<'static, Result<EmbeddingsResponse, ProviderError>> {
         let inner = self.inner.clone();
-        let url = inner.url(target, "embeddings");
+        let url = inner.url(target, Endpoint::Embeddings);
         req.model.clone_from(&target.model);
         async move {
             let body = encode(&inner.id, &req)?;
-            inner.json(inner.post(url, body)).await
+            inner.json(inner.post(url?, body)).await
         }
         .boxed()
     }

@@ -1,0 +1,130 @@
+//! The `keel` binary as a user runs it: configuration checks and a graceful stop on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keel_testkit::{MockUpstream, Reply};
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+fn example_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("OPENAI_API_KEY", "a").env("ANTHROPIC_API_KEY", "b").env("AZURE_OPENAI_API_KEY", "c").env("MY_ORG_ID", "o")
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../keel.example.toml");
+    let out = example_env(Command::new(KEEL).args(["config", "check", example])).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 providers, 4 models)"));
+}
+
+#[test]
+fn config_check_reports_every_problem_and_fails() {
+    let dir = std::env::temp_dir().join(format!("keel-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[providers.x]\nkind = \"opnai\"\n[models.m]\nprovider = \"y\"\n").unwrap();
+    let out = Command::new(KEEL).args(["config", "check"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(err.contains("providers.x.kind: unknown provider kind \"opnai\""), "{err}");
+    assert!(err.contains("models.m.provider: unknown provider \"y\" (known: x)"), "{err}");
+}
+
+#[test]
+fn serve_without_config_uses_the_embedded_default() {
+    let out = Command::new(KEEL).args(["config", "default"]).env_remove("OPENAI_API_KEY").output().unwrap();
+    assert!(out.status.success());
+    let with_key = Command::new(KEEL).args(["config", "default"]).env("OPENAI_API_KEY", "k").output().unwrap();
+    assert!(String::from_utf8_lossy(&with_key.stdout).contains("[providers.openai]"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("[providers.openai]"));
+}
+
+/// Starts `keel serve` on a free port with `[server]` extras and one model `x` served by `mock`.
+fn start_keel(mock: &MockUpstream, server_extra: &str) -> (std::process::Child, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = std::env::temp_dir().join(format!("keel-serve-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("keel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server_extra}\n[providers.m]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n[models.x]\nprovider = \"m\"\n",
+            mock.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(KEEL).args(["serve", "--config"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    loop {
+        let line = lines.next().expect("keel exited before listening").unwrap();
+        if line.contains("keel listening") {
+            break;
+        }
+    }
+    // Keep draining keel's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, port)
+}
+
+/// Sends a streamed chat request on a raw connection and returns everything keel sent back.
+fn stream_request(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = r#"{"model":"x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    rest
+}
+
+/// SIGTERM stops accepting new connections but lets a stream in flight finish with `[DONE]`.
+#[tokio::test]
+async fn sigterm_finishes_the_stream_in_flight() {
+    let mock = MockUpstream::start().await.unwrap();
+    // A slow stream: eight words, 150 ms apart.
+    mock.enqueue(Reply::text("a b c d e f g h").chunk_delay(Duration::from_millis(150)));
+    let (mut child, port) = start_keel(&mock, "");
+    let result = tokio::task::spawn_blocking(move || stream_request(port));
+    // Wait until the upstream has the request, so the stream is in flight, then ask keel to stop.
+    while mock.attempt_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let body = result.await.unwrap();
+    assert!(body.contains("data: [DONE]"), "the stream in flight completes: {body}");
+    assert!(body.contains("\"h\""), "every word arrives: {body}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "keel exits cleanly after draining: {status:?}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer accepting");
+}
+
+/// A stream that never ends cannot hold keel up for longer than `shutdown_grace_ms`.
+#[tokio::test]
+async fn sigterm_gives_up_on_a_stalled_stream_after_the_grace_period() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.enqueue(Reply::text("a b c").fault(keel_testkit::Fault::StallAfterChunks(2)));
+    let (mut child, port) = start_keel(&mock, "shutdown_grace_ms = 300");
+    let result = tokio::task::spawn_blocking(move || stream_request(port));
+    while mock.attempt_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "exited after {waited:?}");
+    let body = result.await.unwrap();
+    assert!(!body.contains("[DONE]"), "a stalled stream is not completed: {body}");
+}
