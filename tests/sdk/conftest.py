@@ -99,7 +99,12 @@ def _start_mock(log_dir: Path) -> tuple[_Process, str]:
 
 
 def _write_config(path: Path, mock_url: str) -> None:
+    # One attempt per request: these tests check what the SDKs see of each upstream outcome; retries and
+    # fallbacks are the Rust reliability suite's subject.
     path.write_text(f"""\
+[reliability]
+max_attempts = 1
+
 [providers.oa]
 kind = "openai"
 base_url = "{mock_url}/v1"

@@ -208,6 +208,7 @@ class OpenAiStreamReader:
     def __init__(self) -> None:
         self.pieces: list[str] = []
         self.finish_reasons: list[str] = []
+        self.usage = None
 
     @property
     def text(self) -> str:
@@ -215,6 +216,8 @@ class OpenAiStreamReader:
 
     def read(self, stream) -> None:
         for chunk in stream:
+            if chunk.usage is not None:
+                self.usage = chunk.usage
             for choice in chunk.choices:
                 self.pieces.append(choice.delta.content or "")
                 if choice.finish_reason:
@@ -241,15 +244,21 @@ def test_openai_stream_cut_mid_answer_raises(oai, mock, route: Route):
 
 
 @pytest.mark.parametrize("route", CHAT_ROUTES)
-def test_openai_stream_without_end_marker_raises(oai, mock, route: Route):
-    """The upstream sends the whole answer but no `[DONE]` / `message_stop`: keel cannot know it is complete."""
+def test_openai_stream_without_end_marker_is_finalised(oai, mock, route: Route):
+    """The upstream sends the whole answer, finish reason included, but no `[DONE]` / `message_stop`: the answer
+    is complete, so keel finalises it at once (with usage) instead of failing it or waiting."""
     mock.script(up.echo(fault=up.NO_DONE))
-    stream = oai.chat.completions.create(model=route.alias, messages=[{"role": "user", "content": PROMPT}], stream=True)
+    stream = oai.chat.completions.create(
+        model=route.alias,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     reader = OpenAiStreamReader()
-    with pytest.raises(openai.APIError) as exc:
-        reader.read(stream)
-    assert_openai_stream_error(exc.value)
-    assert FULL_ANSWER.startswith(reader.text)
+    reader.read(stream)
+    assert reader.text == FULL_ANSWER
+    assert reader.finish_reasons == ["stop"]
+    assert reader.usage is not None and reader.usage.completion_tokens == len(FULL_ANSWER.split())
 
 
 @pytest.mark.parametrize("route", CHAT_ROUTES)
@@ -284,15 +293,14 @@ def test_anthropic_stream_cut_mid_answer_raises(anth, mock, route: Route):
 
 
 @pytest.mark.parametrize("route", CHAT_ROUTES)
-def test_anthropic_stream_without_end_marker_raises(anth, mock, route: Route):
+def test_anthropic_stream_without_end_marker_is_finalised(anth, mock, route: Route):
     mock.script(up.echo(fault=up.NO_DONE))
-    received: list[str] = []
-    with pytest.raises(anthropic.APIError) as exc:
-        with anth.messages.stream(model=route.alias, max_tokens=64, messages=[{"role": "user", "content": PROMPT}]) as s:
-            for piece in s.text_stream:
-                received.append(piece)
-    assert_anthropic_stream_error(exc.value)
-    assert FULL_ANSWER.startswith("".join(received))
+    with anth.messages.stream(model=route.alias, max_tokens=64, messages=[{"role": "user", "content": PROMPT}]) as s:
+        received = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert received == FULL_ANSWER
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == len(FULL_ANSWER.split())
 
 
 @pytest.mark.parametrize("route", CHAT_ROUTES)

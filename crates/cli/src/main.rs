@@ -102,9 +102,10 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     init_tracing(cfg.server.log_format);
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
-    let routes = keel_pipeline::RouteTable::new(cfg.models.values());
-    let pipeline = keel_pipeline::build(routes.clone(), providers);
-    let state = keel_server::AppState::new(pipeline, routes);
+    let routes = keel_pipeline::RouteTable::new(cfg.models.values()).map_err(anyhow::Error::msg)?;
+    let breakers = keel_pipeline::Breakers::new(routes.all_targets());
+    let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
+    let state = keel_server::AppState::new(pipeline, routes, breakers);
     let router = keel_server::router(state, keel_server::ServerLimits { max_body_bytes: cfg.server.max_body_bytes });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

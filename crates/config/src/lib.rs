@@ -4,10 +4,12 @@
 //! them together. Components receive their slice of the resolved [`Config`], never the whole file.
 
 mod raw;
+mod reliability;
 mod resolve;
 
 use std::path::Path;
 
+pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{Config, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId, ProviderKind, ServerConfig};
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.

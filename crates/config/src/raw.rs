@@ -13,6 +13,37 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    /// Defaults for every model alias; `[models.NAME.reliability]` overrides them key by key.
+    #[serde(default)]
+    pub reliability: RawReliability,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReliability {
+    pub max_attempts: Option<u32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub retry_budget_ms: Option<u64>,
+    pub retry_after_cap_ms: Option<u64>,
+    pub first_token_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
+    pub on_stream_failure: Option<String>,
+    pub fallback_on: Option<Vec<String>>,
+    pub max_repairs: Option<u32>,
+    #[serde(default)]
+    pub circuit: RawCircuit,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuit {
+    pub consecutive_failures: Option<u32>,
+    pub error_rate: Option<f64>,
+    pub window_ms: Option<u64>,
+    pub min_requests: Option<u32>,
+    pub open_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,4 +85,15 @@ pub struct RawModel {
     pub model: Option<String>,
     /// For Azure OpenAI: the deployment name; defaults to `model`.
     pub deployment: Option<String>,
+    /// Other aliases tried in order when this one fails (their own first target each).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// The alias to fall over to when the prompt does not fit this model's context window.
+    pub context_fallback: Option<String>,
+    /// Whether this model continues a partial assistant answer given as the last message (prefill).
+    pub supports_prefill: Option<bool>,
+    /// A JSON Schema (as JSON text) every answer of this alias must satisfy.
+    pub response_schema: Option<String>,
+    #[serde(default)]
+    pub reliability: Option<RawReliability>,
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::raw::{RawConfig, RawModel, RawProvider, RawServer};
+use crate::reliability::{ReliabilityPolicy, overlay};
 use crate::{ConfigError, ConfigErrors, Env};
 
 /// The validated configuration.
@@ -145,22 +146,36 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct ModelAlias {
     pub name: String,
+    /// The alias's own target first, then its fallbacks' targets, in order.
     pub targets: Vec<ModelTarget>,
+    /// Where a prompt too long for these targets goes instead (empty: fail at once).
+    pub context_fallback: Vec<ModelTarget>,
+    pub reliability: ReliabilityPolicy,
+    /// A JSON Schema every answer must satisfy, whatever the request says.
+    pub response_schema: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelTarget {
     pub provider: ProviderId,
     /// The model name sent upstream.
     pub model: String,
     /// Azure OpenAI deployment name (defaults to `model`).
     pub deployment: Option<String>,
+    /// Whether the model continues a partial assistant answer given as the last message.
+    pub supports_prefill: bool,
 }
 
-struct Errors(Vec<ConfigError>);
+impl std::fmt::Display for ModelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+pub(crate) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError { path: path.into(), message: message.into() });
     }
 }
@@ -168,17 +183,58 @@ impl Errors {
 pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErrors> {
     let mut errors = Errors(Vec::new());
     let server = resolve_server(raw.server, &mut errors);
-    let declared: Vec<String> = raw.providers.keys().cloned().collect();
+    let declared: BTreeMap<String, Option<ProviderKind>> = raw
+        .providers
+        .iter()
+        .map(|(name, p)| (name.clone(), ProviderKind::parse(p.kind.as_deref().unwrap_or(name))))
+        .collect();
+    let defaults = overlay(&ReliabilityPolicy::default(), &raw.reliability, "reliability", &mut errors);
     let mut providers = BTreeMap::new();
     for (name, p) in raw.providers {
         if let Some(p) = resolve_provider(&name, p, env, &mut errors) {
             providers.insert(p.id.clone(), p);
         }
     }
+    // Phase one: each alias with its own target; phase two: fallback chains, which name other aliases.
     let mut models = BTreeMap::new();
+    let mut chains = Vec::new();
     for (name, m) in raw.models {
-        if let Some(m) = resolve_model(&name, m, &declared, &mut errors) {
+        let chain = (name.clone(), m.fallbacks.clone(), m.context_fallback.clone());
+        if let Some(m) = resolve_model(&name, m, &declared, &defaults, &mut errors) {
             models.insert(name, m);
+            chains.push(chain);
+        }
+    }
+    let primaries: BTreeMap<String, ModelTarget> = models
+        .iter()
+        .filter_map(|(n, m): (&String, &ModelAlias)| Some((n.clone(), m.targets.first()?.clone())))
+        .collect();
+    for (name, fallbacks, context) in chains {
+        let lookup = |alias: &str, key: &str, errors: &mut Errors| {
+            if alias == name {
+                errors.push(format!("models.{name}.{key}"), "an alias cannot fall back to itself");
+                return None;
+            }
+            let found = primaries.get(alias).cloned();
+            if found.is_none() {
+                errors.push(format!("models.{name}.{key}"), format!("unknown model alias {alias:?}"));
+            }
+            found
+        };
+        let mut extra = Vec::new();
+        for alias in &fallbacks {
+            if let Some(t) = lookup(alias, "fallbacks", &mut errors) {
+                extra.push(t);
+            }
+        }
+        let context_target = context.and_then(|alias| lookup(&alias, "context_fallback", &mut errors));
+        if let Some(m) = models.get_mut(&name) {
+            for t in extra {
+                if !m.targets.contains(&t) {
+                    m.targets.push(t);
+                }
+            }
+            m.context_fallback.extend(context_target);
         }
     }
     if errors.0.is_empty() { Ok(Config { server, providers, models }) } else { Err(ConfigErrors(errors.0)) }
@@ -315,24 +371,55 @@ fn expand_env(value: &str, env: &dyn Env) -> Result<String, String> {
     Ok(out)
 }
 
-fn resolve_model(name: &str, raw: RawModel, declared: &[String], errors: &mut Errors) -> Option<ModelAlias> {
+fn resolve_model(
+    name: &str,
+    raw: RawModel,
+    declared: &BTreeMap<String, Option<ProviderKind>>,
+    defaults: &ReliabilityPolicy,
+    errors: &mut Errors,
+) -> Option<ModelAlias> {
     let Some(provider) = raw.provider else {
         errors.push(format!("models.{name}.provider"), "required: the name of a provider");
         return None;
     };
-    if !declared.contains(&provider) {
+    let Some(kind) = declared.get(&provider) else {
         let hint = if declared.is_empty() {
             "no providers are configured".to_string()
         } else {
-            format!("known: {}", declared.join(", "))
+            format!("known: {}", declared.keys().cloned().collect::<Vec<_>>().join(", "))
         };
         errors.push(format!("models.{name}.provider"), format!("unknown provider {provider:?} ({hint})"));
         return None;
-    }
+    };
+    let reliability = match &raw.reliability {
+        Some(r) => overlay(defaults, r, &format!("models.{name}.reliability"), errors),
+        None => defaults.clone(),
+    };
+    let response_schema = raw.response_schema.as_deref().and_then(|text| {
+        let path = format!("models.{name}.response_schema");
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(schema) => match jsonschema::validator_for(&schema) {
+                Ok(_) => Some(schema),
+                Err(e) => {
+                    errors.push(path, format!("not a valid JSON Schema: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(path, format!("not JSON: {e}"));
+                None
+            }
+        }
+    });
     let id = ProviderId::from(provider.as_str());
     let model = raw.model.unwrap_or_else(|| name.to_string());
+    // Anthropic's Messages API continues a trailing assistant message; OpenAI's chat API starts a new turn.
+    let supports_prefill = raw.supports_prefill.unwrap_or(*kind == Some(ProviderKind::Anthropic));
     Some(ModelAlias {
         name: name.to_string(),
-        targets: vec![ModelTarget { provider: id, model, deployment: raw.deployment }],
+        targets: vec![ModelTarget { provider: id, model, deployment: raw.deployment, supports_prefill }],
+        context_fallback: Vec::new(),
+        reliability,
+        response_schema,
     })
 }

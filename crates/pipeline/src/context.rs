@@ -1,9 +1,11 @@
 //! What travels through the stack: the request, its context, and the outcome.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_providers::{ChatStream, ErrorKind, ModelTarget, ProviderError, ProviderId};
+use keel_providers::{ChatStream, ErrorKind, ProviderError, ProviderId};
+
+use crate::route::RoutePlan;
 use keel_types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 
 /// The id of one request, echoed in `x-request-id`.
@@ -31,10 +33,27 @@ pub struct RequestContext {
     pub received: Instant,
     /// The model name the client sent.
     pub requested_model: String,
-    /// The targets that may serve the request, in order; set by the route stage.
-    pub candidates: Vec<ModelTarget>,
-    /// Every upstream attempt, in order; appended by the call stage.
-    pub attempts: Vec<AttemptRecord>,
+    /// How the request is served (targets in order, policy); set by the route stage.
+    pub route: Option<Arc<RoutePlan>>,
+    /// Every upstream attempt, in order; appended by the call stage. Attempts made after the response began
+    /// (a stream continued on a fallback) are appended when they happen, so the log sees them at the end.
+    pub attempts: Attempts,
+}
+
+/// The attempt records of one request, shared with the stream that outlives the pipeline call.
+#[derive(Debug, Clone, Default)]
+pub struct Attempts(Arc<Mutex<Vec<AttemptRecord>>>);
+
+impl Attempts {
+    pub fn push(&self, record: AttemptRecord) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(record);
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<AttemptRecord> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
 }
 
 impl RequestContext {
@@ -44,14 +63,14 @@ impl RequestContext {
             api,
             received: Instant::now(),
             requested_model: requested_model.into(),
-            candidates: Vec::new(),
-            attempts: Vec::new(),
+            route: None,
+            attempts: Attempts::default(),
         }
     }
 
-    /// The target of the last attempt that succeeded.
-    pub fn served_by(&self) -> Option<&AttemptRecord> {
-        self.attempts.iter().rev().find(|a| matches!(a.outcome, AttemptOutcome::Ok))
+    /// The last attempt that succeeded.
+    pub fn served_by(&self) -> Option<AttemptRecord> {
+        self.attempts.snapshot().into_iter().rev().find(|a| matches!(a.outcome, AttemptOutcome::Ok))
     }
 }
 
@@ -70,7 +89,12 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
     Ok,
-    Failed { kind: ErrorKind, status: Option<u16> },
+    Failed {
+        kind: ErrorKind,
+        status: Option<u16>,
+    },
+    /// Not sent: the target's circuit was open.
+    CircuitOpen,
 }
 
 /// The operations keel serves.
@@ -123,6 +147,8 @@ pub struct GatewayResponse {
 /// Why the gateway could not answer. Mapped to HTTP statuses in one place, at the server's edge.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("model {model:?} is not configured")]
     UnknownModel { model: String, known: Vec<String> },
     #[error("provider {0} is configured but not available")]

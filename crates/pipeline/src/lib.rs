@@ -14,20 +14,20 @@ use std::convert::Infallible;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-pub use call::Call;
+pub use call::{Breakers, Call, CircuitState, Schema};
 pub use context::{
-    AttemptOutcome, AttemptRecord, GatewayError, GatewayRequest, GatewayResponse, InboundApi, Operation, Output,
-    RequestContext, RequestId,
+    AttemptOutcome, AttemptRecord, Attempts, GatewayError, GatewayRequest, GatewayResponse, InboundApi, Operation,
+    Output, RequestContext, RequestId,
 };
-pub use route::{RouteLayer, RouteTable};
+pub use route::{RouteLayer, RoutePlan, RouteTable};
 
 /// The assembled request path, cheap to clone per request.
 pub type Pipeline = BoxCloneSyncService<GatewayRequest, GatewayResponse, Infallible>;
 
 /// Builds the request path from its parts. Later stages (log, auth, guard, cache) wrap this same stack.
-pub fn build(routes: RouteTable, providers: keel_providers::Providers) -> Pipeline {
+pub fn build(routes: RouteTable, providers: keel_providers::Providers, breakers: Breakers) -> Pipeline {
     let stack = ServiceBuilder::new()
-        .layer(RouteLayer::new(routes)) // model alias -> ordered candidate targets
-        .service(Call::new(providers)); // one attempt at the chosen target
+        .layer(RouteLayer::new(routes)) // model alias -> its plan: targets in order, reliability policy
+        .service(Call::new(providers, breakers)); // retries, fallbacks, timeouts, circuit breaking
     BoxCloneSyncService::new(stack)
 }

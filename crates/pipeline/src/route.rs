@@ -7,25 +7,65 @@ use std::task::{Context, Poll};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use keel_config::{ModelAlias, ModelTarget};
+use keel_config::{ModelAlias, ModelTarget, ReliabilityPolicy};
 use tower::{Layer, Service};
 
+use crate::call::Schema;
 use crate::{GatewayError, GatewayRequest, GatewayResponse};
 
-/// Model aliases and their targets, from the configuration.
+/// How one model alias is served: its targets in order and the policy for trying them.
+#[derive(Debug)]
+pub struct RoutePlan {
+    pub alias: String,
+    pub targets: Vec<ModelTarget>,
+    pub context_fallback: Vec<ModelTarget>,
+    pub policy: ReliabilityPolicy,
+    pub schema: Option<Schema>,
+}
+
+/// Model aliases and their plans, from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    aliases: Arc<HashMap<String, Vec<ModelTarget>>>,
+    aliases: Arc<HashMap<String, Arc<RoutePlan>>>,
 }
 
 impl RouteTable {
-    pub fn new<'a>(aliases: impl IntoIterator<Item = &'a ModelAlias>) -> Self {
-        let aliases = aliases.into_iter().map(|a| (a.name.clone(), a.targets.clone())).collect();
-        Self { aliases: Arc::new(aliases) }
+    /// Builds the plans; a route schema that does not compile is an error naming the alias.
+    pub fn new<'a>(aliases: impl IntoIterator<Item = &'a ModelAlias>) -> Result<Self, String> {
+        let mut map = HashMap::new();
+        for a in aliases {
+            let schema = match &a.response_schema {
+                Some(s) => Some(Schema::compile(s).map_err(|e| format!("models.{}.response_schema: {e}", a.name))?),
+                None => None,
+            };
+            let plan = RoutePlan {
+                alias: a.name.clone(),
+                targets: a.targets.clone(),
+                context_fallback: a.context_fallback.clone(),
+                policy: a.reliability.clone(),
+                schema,
+            };
+            map.insert(a.name.clone(), Arc::new(plan));
+        }
+        Ok(Self { aliases: Arc::new(map) })
+    }
+
+    pub fn plan(&self, model: &str) -> Option<&Arc<RoutePlan>> {
+        self.aliases.get(model)
     }
 
     pub fn targets(&self, model: &str) -> Option<&[ModelTarget]> {
-        self.aliases.get(model).map(Vec::as_slice)
+        self.aliases.get(model).map(|p| p.targets.as_slice())
+    }
+
+    /// Every target of every plan with the circuit policy of the first plan naming it.
+    pub fn all_targets(&self) -> Vec<(ModelTarget, keel_config::CircuitPolicy)> {
+        let mut plans: Vec<_> = self.aliases.values().collect();
+        plans.sort_by(|a, b| a.alias.cmp(&b.alias));
+        plans
+            .iter()
+            .flat_map(|p| p.targets.iter().chain(&p.context_fallback).map(|t| (t.clone(), p.policy.circuit.clone())))
+            .collect()
     }
 
     /// The alias names, sorted.
@@ -75,11 +115,11 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let Some(targets) = self.table.targets(req.op.model()) else {
+        let Some(plan) = self.table.plan(req.op.model()) else {
             let error = GatewayError::UnknownModel { model: req.op.model().to_string(), known: self.table.names() };
             return futures::future::ready(Ok(GatewayResponse { ctx: req.ctx, result: Err(error) })).boxed();
         };
-        req.ctx.candidates = targets.to_vec();
+        req.ctx.route = Some(plan.clone());
         // The clone that was driven to readiness serves this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

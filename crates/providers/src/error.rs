@@ -34,6 +34,10 @@ pub enum ErrorKind {
     StreamIncomplete,
     /// The request cannot be expressed in the vendor's API (for example `n > 1` for Anthropic).
     Unsupported,
+    /// The answer does not satisfy what the request required of it (its JSON schema).
+    InvalidOutput,
+    /// Not sent: keel's circuit breaker for the target is open after repeated failures.
+    CircuitOpen,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +57,23 @@ pub struct ProviderError {
 impl ProviderError {
     pub fn new(provider: &ProviderId, kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { provider: provider.clone(), kind, status: None, message: message.into(), code: None, retry_after: None }
+    }
+
+    /// Whether the failure says something about the target's health (the circuit breaker counts these), as
+    /// opposed to something about the request.
+    pub fn unhealthy(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Connect
+                | ErrorKind::ConnectionLost
+                | ErrorKind::Timeout
+                | ErrorKind::RateLimited
+                | ErrorKind::Server
+                | ErrorKind::Protocol
+                | ErrorKind::StreamIncomplete
+                | ErrorKind::Auth
+                | ErrorKind::NotFound
+        )
     }
 
     /// Whether the same request can succeed on another attempt at the same target.

@@ -36,6 +36,11 @@ pub(crate) trait Decoder: Send + 'static {
 
     /// Whether the vendor's end-of-stream marker was seen (`[DONE]`, `message_stop`).
     fn is_complete(&self) -> bool;
+
+    /// Called when the body ends before the end marker: appends what completes the answer and returns true if
+    /// the answer itself was complete (a finish reason arrived; only the marker is missing), false if it was
+    /// cut short.
+    fn end_without_marker(&mut self, out: &mut VecDeque<ChatChunk>) -> bool;
 }
 
 struct State<S, D> {
@@ -84,7 +89,7 @@ pub(crate) fn chat_stream<D: Decoder>(provider: ProviderId, resp: reqwest::Respo
                 }
                 None => {
                     st.finished = true;
-                    if !st.decoder.is_complete() {
+                    if !st.decoder.is_complete() && !st.decoder.end_without_marker(&mut st.pending) {
                         st.error = Some(ProviderError::new(
                             &st.provider,
                             ErrorKind::StreamIncomplete,

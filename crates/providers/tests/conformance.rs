@@ -117,8 +117,12 @@ async fn harness(fixture: &'static Fixture) -> Harness {
     let cfg = keel_config::parse(&text, &env).unwrap_or_else(|e| panic!("{}: {e}", fixture.name));
     let providers = Providers::from_config(cfg.providers.values()).unwrap();
     let provider = providers.get(&ProviderId::from("p")).unwrap().clone();
-    let target =
-        ModelTarget { provider: ProviderId::from("p"), model: "up-model".into(), deployment: Some("dep-1".into()) };
+    let target = ModelTarget {
+        provider: ProviderId::from("p"),
+        model: "up-model".into(),
+        deployment: Some("dep-1".into()),
+        supports_prefill: false,
+    };
     Harness { mock, provider, target, fixture }
 }
 
@@ -310,11 +314,18 @@ async fn upstream_errors_are_classified() {
 async fn broken_streams_end_with_an_error_never_silently() {
     each(async |h: Harness| {
         let name = h.fixture.name;
-        for (fault, kind) in [
-            (Fault::CutAfterChunks(3), ErrorKind::StreamIncomplete),
-            (Fault::NoDone, ErrorKind::StreamIncomplete),
-            (Fault::MalformedChunkAt(2), ErrorKind::Protocol),
-        ] {
+        // A body that ends after the finish reason but without the end marker holds a complete answer.
+        h.mock.enqueue(Reply::echo().fault(Fault::NoDone));
+        let stream = h.provider.chat_stream(&h.target, request(true)).await.unwrap();
+        let (chunks, error) = collect(stream).await;
+        assert!(error.is_none(), "{name}: NoDone after the finish reason is complete: {error:?}");
+        assert_eq!(text_of(&chunks), "echo: hello there world", "{name}");
+        if h.fixture.stream_usage {
+            assert!(chunks.iter().any(|c| c.usage.is_some()), "{name}: usage survives a missing end marker");
+        }
+        for (fault, kind) in
+            [(Fault::CutAfterChunks(3), ErrorKind::StreamIncomplete), (Fault::MalformedChunkAt(2), ErrorKind::Protocol)]
+        {
             h.mock.enqueue(Reply::echo().fault(fault));
             let stream = h.provider.chat_stream(&h.target, request(true)).await.unwrap();
             let (_, error) = collect(stream).await;

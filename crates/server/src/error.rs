@@ -105,6 +105,7 @@ impl From<GatewayError> for ApiError {
                 "server_error",
                 format!("provider {id} is configured but not available"),
             ),
+            GatewayError::InvalidRequest(message) => ApiError::invalid(message, None),
             GatewayError::Provider(e) => provider_error(e),
         }
     }
@@ -143,6 +144,8 @@ fn provider_error(e: ProviderError) -> ApiError {
         ErrorKind::Server | ErrorKind::Protocol | ErrorKind::StreamIncomplete => {
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", upstream)
         }
+        ErrorKind::InvalidOutput => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", upstream),
+        ErrorKind::CircuitOpen => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", upstream),
     };
     if err.code.is_none() {
         err.code = e.code;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use keel_pipeline::{Pipeline, RouteTable};
+use keel_pipeline::{Breakers, Pipeline, RouteTable};
 
 pub use error::ApiError;
 
@@ -27,11 +27,12 @@ pub struct AppState {
 struct Inner {
     pipeline: Pipeline,
     routes: RouteTable,
+    breakers: Breakers,
 }
 
 impl AppState {
-    pub fn new(pipeline: Pipeline, routes: RouteTable) -> Self {
-        Self { inner: Arc::new(Inner { pipeline, routes }) }
+    pub fn new(pipeline: Pipeline, routes: RouteTable, breakers: Breakers) -> Self {
+        Self { inner: Arc::new(Inner { pipeline, routes, breakers }) }
     }
 }
 
@@ -50,11 +51,17 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/v1/models/{*id}", get(openai::model))
         .route("/v1/messages", post(anthropic::messages))
         .route("/health", get(health))
+        .route("/admin/circuits", get(circuits))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
+}
+
+/// The state of every target's circuit breaker.
+async fn circuits(axum::extract::State(app): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "circuits": app.inner.breakers.states() }))
 }
 
 async fn health() -> axum::Json<serde_json::Value> {

@@ -26,6 +26,9 @@ async fn app() -> App {
         r#"
         [server]
         max_body_bytes = 2048
+        # The edge is tested one attempt at a time; retries are the reliability suite's subject.
+        [reliability]
+        max_attempts = 1
         [providers.oa]
         kind = "openai"
         base_url = "{url}/v1"
@@ -47,8 +50,10 @@ async fn app() -> App {
     let env = HashMap::from([("KEY".to_string(), "k".to_string())]);
     let cfg = keel_config::parse(&text, &env).unwrap();
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
-    let routes = keel_pipeline::RouteTable::new(cfg.models.values());
-    let state = keel_server::AppState::new(keel_pipeline::build(routes.clone(), providers), routes);
+    let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
+    let breakers = keel_pipeline::Breakers::new(routes.all_targets());
+    let state =
+        keel_server::AppState::new(keel_pipeline::build(routes.clone(), providers, breakers.clone()), routes, breakers);
     let router = keel_server::router(state, keel_server::ServerLimits { max_body_bytes: cfg.server.max_body_bytes });
     App { router, mock }
 }
@@ -226,7 +231,7 @@ fn sse_data(body: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_cut_stream_ends_with_an_error_event_not_done() {
     let app = app().await;
-    for fault in [Fault::CutAfterChunks(2), Fault::NoDone, Fault::MalformedChunkAt(2)] {
+    for fault in [Fault::CutAfterChunks(2), Fault::MalformedChunkAt(2)] {
         app.mock.enqueue(Reply::echo().fault(fault));
         let a = send(
             &app,
@@ -241,6 +246,20 @@ async fn a_cut_stream_ends_with_an_error_event_not_done() {
         let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
         assert_eq!(last["error"]["type"], "upstream_error", "{fault:?}: {}", a.body);
     }
+}
+
+/// A body that closes after the finish reason but without `[DONE]` holds a complete answer: it is finalised at
+/// once, with its usage, and the client gets `[DONE]`.
+#[tokio::test]
+async fn a_complete_stream_without_done_is_finalised() {
+    let app = app().await;
+    app.mock.enqueue(Reply::echo().fault(Fault::NoDone));
+    let body = r#"{"model":"gpt","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"one two"}]}"#;
+    let a = send(&app, "POST", "/v1/chat/completions", body).await;
+    let events = sse_data(&a.body);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{}", a.body);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 3, "{}", a.body);
 }
 
 #[tokio::test]

@@ -135,6 +135,8 @@ impl Provider for AnthropicProvider {
                 provider: inner.id.clone(),
                 translator: MessagesToChatStream::new(true),
                 created: unix_now(),
+                finished: false,
+                last: None,
             };
             Ok(chat_stream(inner.id.clone(), resp, decoder))
         }
@@ -156,6 +158,10 @@ struct AnthropicDecoder {
     translator: MessagesToChatStream,
     /// Anthropic messages carry no timestamp; OpenAI chunks do.
     created: u64,
+    /// `message_delta` brought the stop reason: the answer is complete even if `message_stop` never comes.
+    finished: bool,
+    /// The id and model of the message, for a usage chunk made at the end.
+    last: Option<(String, String)>,
 }
 
 fn unix_now() -> u64 {
@@ -177,14 +183,39 @@ impl Decoder for AnthropicDecoder {
         if let StreamEvent::Error { error } = &parsed {
             return Err(error_of(&self.provider, ErrorKind::Server, Some(error.kind.clone()), error.message.clone()));
         }
-        out.extend(self.translator.push(parsed).into_iter().map(|mut chunk| {
+        for mut chunk in self.translator.push(parsed) {
             chunk.created = self.created;
-            chunk
-        }));
+            self.finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
+            if self.last.is_none() {
+                self.last = Some((chunk.id.clone(), chunk.model.clone()));
+            }
+            out.push_back(chunk);
+        }
         Ok(())
     }
 
     fn is_complete(&self) -> bool {
         self.translator.is_complete()
+    }
+
+    /// The stop reason came but `message_stop` did not: the answer is complete; its usage, which the
+    /// translator emits on `message_stop`, is emitted here.
+    fn end_without_marker(&mut self, out: &mut VecDeque<ChatChunk>) -> bool {
+        if !self.finished {
+            return false;
+        }
+        if let (Some(usage), Some((id, model))) = (self.translator.usage(), self.last.clone()) {
+            out.push_back(ChatChunk {
+                id,
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model,
+                choices: Vec::new(),
+                usage: Some(usage),
+                system_fingerprint: None,
+                extra: Default::default(),
+            });
+        }
+        true
     }
 }

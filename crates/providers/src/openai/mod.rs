@@ -160,7 +160,11 @@ impl Provider for OpenAiProvider {
             inner.quirks.apply(&mut req);
             let body = encode(&inner.id, &req)?;
             let resp = inner.send(inner.post(url?, body).header(reqwest::header::ACCEPT, "text/event-stream")).await?;
-            Ok(chat_stream(inner.id.clone(), resp, OpenAiDecoder { provider: inner.id.clone(), done: false }))
+            Ok(chat_stream(
+                inner.id.clone(),
+                resp,
+                OpenAiDecoder { provider: inner.id.clone(), done: false, finished: false },
+            ))
         }
         .boxed()
     }
@@ -186,6 +190,8 @@ impl Provider for OpenAiProvider {
 struct OpenAiDecoder {
     provider: ProviderId,
     done: bool,
+    /// A choice reported its finish reason: the answer is complete even if `[DONE]` never comes.
+    finished: bool,
 }
 
 impl Decoder for OpenAiDecoder {
@@ -200,6 +206,7 @@ impl Decoder for OpenAiDecoder {
         }
         match serde_json::from_str::<ChatChunk>(data) {
             Ok(chunk) => {
+                self.finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
                 out.push_back(chunk);
                 Ok(())
             }
@@ -218,5 +225,11 @@ impl Decoder for OpenAiDecoder {
 
     fn is_complete(&self) -> bool {
         self.done
+    }
+
+    /// Several OpenAI-compatible servers close the body without `[DONE]`; after a finish reason the answer
+    /// (and any usage chunk, which precedes the marker) is complete.
+    fn end_without_marker(&mut self, _out: &mut VecDeque<ChatChunk>) -> bool {
+        self.finished
     }
 }
