@@ -332,7 +332,7 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
         None => Duration::from_millis(default),
     };
     let connect_timeout = ms(raw.connect_timeout_ms, 5_000, "connect_timeout_ms", errors);
-    let request_timeout = ms(raw.request_timeout_ms, 600_000, "request_timeout_ms", errors);
+    let request_timeout = ms(raw.request_timeout_ms, 120_000, "request_timeout_ms", errors);
     let pool_idle_timeout = ms(raw.pool_idle_timeout_ms, 90_000, "pool_idle_timeout_ms", errors);
     if errors.0.len() > before {
         return None;

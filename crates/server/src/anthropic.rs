@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use keel_pipeline::{GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
 use keel_types::anthropic::MessagesRequest;
 
-use crate::openai::{run, served_by, unexpected};
+use crate::openai::{run, served_by, set_served_by, unexpected};
 use crate::{ApiError, AppState, body, stream};
 
 /// `POST /v1/messages`.
@@ -32,9 +32,7 @@ pub(crate) async fn messages(
         Ok(Output::Embeddings(_)) => unexpected(),
         Err(e) => ApiError::from(e).into_response_for(InboundApi::Anthropic),
     };
-    if let Some(v) = served_by {
-        out.headers_mut().insert("x-keel-served-by", v);
-    }
+    set_served_by(&mut out, served_by);
     out
 }
 

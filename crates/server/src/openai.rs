@@ -33,9 +33,7 @@ pub(crate) async fn chat(
         Ok(Output::Embeddings(_)) => unexpected(),
         Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
     };
-    if let Some(v) = served_by {
-        out.headers_mut().insert("x-keel-served-by", v);
-    }
+    set_served_by(&mut out, served_by);
     out
 }
 
@@ -67,9 +65,7 @@ pub(crate) async fn embeddings(
         Ok(_) => unexpected(),
         Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
     };
-    if let Some(v) = served_by {
-        out.headers_mut().insert("x-keel-served-by", v);
-    }
+    set_served_by(&mut out, served_by);
     out
 }
 
@@ -119,10 +115,21 @@ pub(crate) async fn run(app: &AppState, req: GatewayRequest) -> keel_pipeline::G
     }
 }
 
-/// `provider/model` of the attempt that answered, for the `x-keel-served-by` header.
-pub(crate) fn served_by(ctx: &RequestContext) -> Option<HeaderValue> {
-    let a = ctx.served_by()?;
-    HeaderValue::from_str(&format!("{}/{}", a.provider, a.model)).ok()
+/// `provider/model` of the attempt that answered (`x-keel-served-by`) and how many attempts the request took
+/// (`x-keel-attempts`), for the response headers.
+pub(crate) fn served_by(ctx: &RequestContext) -> Option<(HeaderValue, HeaderValue)> {
+    let attempts = ctx.attempts.snapshot();
+    let a = attempts.iter().rev().find(|a| matches!(a.outcome, keel_pipeline::AttemptOutcome::Ok))?;
+    let served = HeaderValue::from_str(&format!("{}/{}", a.provider, a.model)).ok()?;
+    Some((served, HeaderValue::from(attempts.len())))
+}
+
+/// Sets the headers of [`served_by`] on a response.
+pub(crate) fn set_served_by(resp: &mut Response, served: Option<(HeaderValue, HeaderValue)>) {
+    if let Some((by, attempts)) = served {
+        resp.headers_mut().insert("x-keel-served-by", by);
+        resp.headers_mut().insert("x-keel-attempts", attempts);
+    }
 }
 
 /// The pipeline answered an operation with the output of another: a bug in keel, reported as such.
