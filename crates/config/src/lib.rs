@@ -10,7 +10,9 @@ mod resolve;
 use std::path::Path;
 
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
-pub use resolve::{Config, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId, ProviderKind, ServerConfig};
+pub use resolve::{
+    Config, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId, ProviderKind, ServerConfig,
+};
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -75,6 +75,14 @@ pub struct RawProvider {
     pub pool_idle_timeout_ms: Option<u64>,
     /// Anthropic only: `max_tokens` sent when the client gave none (the Messages API requires it).
     pub default_max_tokens: Option<u32>,
+    /// Local only: where models are kept (default: `$KEEL_MODELS_DIR`, else `~/.cache/keel/models`).
+    pub models_dir: Option<String>,
+    /// Local only: CPU threads per generation (default: all cores).
+    pub threads: Option<u32>,
+    /// Local only: requests that may wait for the model; more are refused with 429 so a route can fall over.
+    pub queue_depth: Option<u32>,
+    /// Local only: the context window in tokens (default: 2048, at most the model's training context).
+    pub context_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

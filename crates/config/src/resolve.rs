@@ -62,10 +62,12 @@ pub enum ProviderKind {
     /// Any other server speaking the OpenAI chat completions API.
     OpenAiCompatible,
     Anthropic,
+    /// Models run inside keel's own process.
+    Local,
 }
 
 impl ProviderKind {
-    const ALL: [(&'static str, ProviderKind); 9] = [
+    const ALL: [(&'static str, ProviderKind); 10] = [
         ("openai", ProviderKind::OpenAi),
         ("azure", ProviderKind::Azure),
         ("vllm", ProviderKind::Vllm),
@@ -75,6 +77,7 @@ impl ProviderKind {
         ("mistral", ProviderKind::Mistral),
         ("openai_compatible", ProviderKind::OpenAiCompatible),
         ("anthropic", ProviderKind::Anthropic),
+        ("local", ProviderKind::Local),
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -94,13 +97,17 @@ impl ProviderKind {
             ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
             ProviderKind::Ollama => Some("http://127.0.0.1:11434/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Local => Some("local://"),
             ProviderKind::Azure | ProviderKind::Vllm | ProviderKind::OpenAiCompatible => None,
         }
     }
 
     /// Whether the vendor's hosted API refuses requests without a key.
     fn needs_key(self) -> bool {
-        !matches!(self, ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::OpenAiCompatible)
+        !matches!(
+            self,
+            ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::OpenAiCompatible | ProviderKind::Local
+        )
     }
 }
 
@@ -120,6 +127,16 @@ pub struct ProviderConfig {
     pub pool_max_idle_per_host: usize,
     pub pool_idle_timeout: Duration,
     pub default_max_tokens: u32,
+    /// Settings of in-process models (kind `local`).
+    pub local: LocalSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSettings {
+    pub models_dir: Option<std::path::PathBuf>,
+    pub threads: Option<u32>,
+    pub queue_depth: u32,
+    pub context_size: u32,
 }
 
 /// A secret value read from the environment. Its `Debug` does not show it.
@@ -283,7 +300,7 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
     }
     let base_url = match (&raw.base_url, kind.and_then(ProviderKind::default_base_url)) {
         (Some(url), _) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !(url.starts_with("http://") || url.starts_with("https://") || kind == Some(ProviderKind::Local)) {
                 errors.push(path("base_url"), format!("not an http(s) URL: {url:?}"));
             }
             url.trim_end_matches('/').to_string()
@@ -349,6 +366,12 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
         pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(64),
         pool_idle_timeout,
         default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
+        local: LocalSettings {
+            models_dir: raw.models_dir.map(std::path::PathBuf::from),
+            threads: raw.threads.filter(|t| *t > 0),
+            queue_depth: raw.queue_depth.unwrap_or(4),
+            context_size: raw.context_size.unwrap_or(2048).max(64),
+        },
     })
 }
 

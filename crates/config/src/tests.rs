@@ -78,7 +78,7 @@ fn unknown_kind_and_inline_secret_are_rejected() {
         api_key = "sk-live"
         "#,
         expect![[r#"
-            providers.x.kind: unknown provider kind "opnai" (expected one of: openai, azure, vllm, ollama, groq, together, mistral, openai_compatible, anthropic)
+            providers.x.kind: unknown provider kind "opnai" (expected one of: openai, azure, vllm, ollama, groq, together, mistral, openai_compatible, anthropic, local)
             providers.x.api_key: secrets are not written in the config file: use api_key_env = "ENV_VAR_NAME""#]],
     );
 }

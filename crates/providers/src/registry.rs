@@ -22,12 +22,14 @@ impl std::fmt::Debug for Providers {
 }
 
 impl Providers {
-    /// Builds the HTTP provider of each configured upstream.
+    /// Builds the HTTP provider of each configured upstream (kind `local` excepted).
     pub fn from_config<'a>(configs: impl IntoIterator<Item = &'a ProviderConfig>) -> Result<Self, ProviderError> {
         let mut map: HashMap<ProviderId, Arc<dyn Provider>> = HashMap::new();
         for cfg in configs {
             let provider: Arc<dyn Provider> = match cfg.kind {
                 ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(cfg.clone())?),
+                // In-process models are built by `keel-local` and added with `with`.
+                ProviderKind::Local => continue,
                 _ => Arc::new(OpenAiProvider::new(cfg.clone())?),
             };
             map.insert(cfg.id.clone(), provider);

@@ -63,8 +63,8 @@ pub(crate) fn of(kind: ProviderKind) -> &'static Quirks {
         ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::Together | ProviderKind::OpenAiCompatible => {
             &COMPATIBLE
         }
-        // Not an OpenAI dialect; the registry never builds an OpenAI provider for it.
-        ProviderKind::Anthropic => &OPENAI_STATIC,
+        // Not OpenAI dialects; the registry never builds an OpenAI provider for them.
+        ProviderKind::Anthropic | ProviderKind::Local => &OPENAI_STATIC,
     }
 }
 

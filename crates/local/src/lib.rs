@@ -1,0 +1,54 @@
+//! Models that run inside keel's own process: chat on llama.cpp (GGUF), sentence embeddings on candle (BERT
+//! safetensors). Both hide behind small traits ([`ChatEngine`], [`EmbedEngine`]) and run on worker threads fed by
+//! bounded queues: on a small machine concurrent generations only slow each other down, so work waits its
+//! turn, and when the queue is full the request is refused at once (429), so that a route can fall over.
+
+mod bert;
+mod engine;
+mod llama;
+pub mod models;
+mod provider;
+mod text;
+mod worker;
+
+pub use bert::BertEmbedder;
+pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation};
+pub use llama::LlamaEngine;
+pub use provider::LocalProvider;
+
+/// What can go wrong with a local model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LocalError {
+    #[error("{0}")]
+    ModelMissing(String),
+    #[error("local inference failed: {0}")]
+    Engine(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    ContextLength(String),
+    #[error("the local model's queue is full ({0} waiting); try again or use another model")]
+    Busy(usize),
+    #[error("the client went away")]
+    Cancelled,
+    #[error("model download failed: {0}")]
+    Pull(String),
+}
+
+impl LocalError {
+    pub fn into_provider(self, id: &keel_providers::ProviderId) -> keel_providers::ProviderError {
+        use keel_providers::ErrorKind;
+        let kind = match &self {
+            LocalError::ModelMissing(_) => ErrorKind::NotFound,
+            LocalError::Engine(_) | LocalError::Pull(_) => ErrorKind::Server,
+            LocalError::BadRequest(_) => ErrorKind::InvalidRequest,
+            LocalError::Unsupported(_) => ErrorKind::Unsupported,
+            LocalError::ContextLength(_) => ErrorKind::ContextLengthExceeded,
+            LocalError::Busy(_) => ErrorKind::RateLimited,
+            LocalError::Cancelled => ErrorKind::StreamIncomplete,
+        };
+        keel_providers::ProviderError::new(id, kind, self.to_string())
+    }
+}

@@ -1,0 +1,391 @@
+//! The `local` provider: canonical requests in, answers from in-process engines out, through the same
+//! `Provider` trait (and so the same SSE path, retries and fallbacks) as any vendor.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use keel_config::{LocalSettings, ModelTarget, ProviderConfig, ProviderId};
+use keel_providers::{ChatStream, Provider, ProviderError};
+use keel_types::{
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Embedding, EmbeddingInput,
+    EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage, Extra, FinishReason, Message, ResponseFormat, Role, Usage,
+};
+
+use crate::engine::{ChatEngine, EmbedEngine, GenerateParams};
+use crate::worker::Worker;
+use crate::{BertEmbedder, LlamaEngine, LocalError, models};
+
+pub struct LocalProvider {
+    id: ProviderId,
+    settings: LocalSettings,
+    dir: PathBuf,
+    chat: Worker,
+    embed: Worker,
+    chat_engines: Mutex<HashMap<String, Arc<dyn ChatEngine>>>,
+    embed_engines: Mutex<HashMap<String, Arc<dyn EmbedEngine>>>,
+    counter: AtomicU64,
+}
+
+impl LocalProvider {
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, LocalError> {
+        let settings = cfg.local.clone();
+        let depth = settings.queue_depth as usize;
+        Ok(Self {
+            id: cfg.id.clone(),
+            dir: models::models_dir(settings.models_dir.as_deref()),
+            chat: Worker::spawn("keel-local-chat", depth)?,
+            embed: Worker::spawn("keel-local-embed", depth)?,
+            settings,
+            chat_engines: Mutex::new(HashMap::new()),
+            embed_engines: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn threads(&self) -> u32 {
+        self.settings
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)))
+    }
+
+    /// Resolves and loads a chat model, so the first request does not pay for it and a missing model fails
+    /// keel's start rather than a request.
+    pub async fn load_chat(&self, name: &str) -> Result<(), LocalError> {
+        if self.chat_engines.lock().map(|m| m.contains_key(name)).unwrap_or(false) {
+            return Ok(());
+        }
+        let path = models::resolve(name, &self.dir).await?;
+        let (threads, ctx) = (self.threads(), self.settings.context_size);
+        let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, threads, ctx))
+            .await
+            .map_err(|e| LocalError::Engine(e.to_string()))??;
+        if let Ok(mut m) = self.chat_engines.lock() {
+            m.insert(name.to_string(), Arc::new(engine));
+        }
+        Ok(())
+    }
+
+    /// Resolves and loads an embedding model.
+    pub async fn load_embeddings(&self, name: &str) -> Result<(), LocalError> {
+        if self.embed_engines.lock().map(|m| m.contains_key(name)).unwrap_or(false) {
+            return Ok(());
+        }
+        let path = models::resolve(name, &self.dir).await?;
+        let engine = tokio::task::spawn_blocking(move || BertEmbedder::load(&path))
+            .await
+            .map_err(|e| LocalError::Engine(e.to_string()))??;
+        if let Ok(mut m) = self.embed_engines.lock() {
+            m.insert(name.to_string(), Arc::new(engine));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` looks like an embedding model (a directory of safetensors) rather than a GGUF chat model.
+    pub fn is_embedding_model(name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        !lower.ends_with(".gguf")
+            && (lower.contains("minilm") || lower.contains("embed") || lower.contains("bge") || lower.contains("e5-"))
+    }
+
+    fn chat_engine(&self, name: &str) -> Result<Arc<dyn ChatEngine>, LocalError> {
+        self.chat_engines.lock().ok().and_then(|m| m.get(name).cloned()).ok_or_else(|| {
+            LocalError::ModelMissing(format!("local chat model {name:?} is not loaded (is it configured as a model?)"))
+        })
+    }
+
+    fn embed_engine(&self, name: &str) -> Result<Arc<dyn EmbedEngine>, LocalError> {
+        self.embed_engines.lock().ok().and_then(|m| m.get(name).cloned()).ok_or_else(|| {
+            LocalError::ModelMissing(format!(
+                "local embedding model {name:?} is not loaded (is it configured as a model?)"
+            ))
+        })
+    }
+
+    fn next_id(&self) -> String {
+        format!("chatcmpl-local-{}", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The generation parameters of a canonical request; what a local model cannot honour is refused clearly.
+fn params(req: &ChatRequest) -> Result<GenerateParams, LocalError> {
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(LocalError::Unsupported("the local model does not support tool calls".into()));
+    }
+    if req.extra.get("n").and_then(serde_json::Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(LocalError::Unsupported("the local model generates one choice (n = 1)".into()));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role {
+            Role::System | Role::Developer => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool | Role::Function => "tool",
+        };
+        let text = match &m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => {
+                if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+                    return Err(LocalError::Unsupported(format!(
+                        "messages[{i}]: the local model reads text only, not {:?} parts",
+                        p.kind
+                    )));
+                }
+                parts.iter().filter_map(|p| p.text.as_deref()).collect()
+            }
+        };
+        messages.push((role.to_string(), text));
+    }
+    let json_schema = match &req.response_format {
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            Some(json_schema.schema.clone().unwrap_or_else(|| serde_json::json!({"type": "object"})))
+        }
+        Some(ResponseFormat::JsonObject) => Some(serde_json::json!({"type": "object"})),
+        Some(ResponseFormat::Text) | None => None,
+    };
+    Ok(GenerateParams {
+        messages,
+        max_tokens: req.max_output_tokens(),
+        temperature: req.temperature.map_or(1.0, |t| t as f32),
+        top_p: req.top_p.map_or(1.0, |p| p as f32),
+        seed: req.seed.map_or_else(rand_seed, |s| s as u32),
+        stops: req.stop.as_ref().map(keel_types::Stop::to_vec).unwrap_or_default(),
+        json_schema,
+    })
+}
+
+fn rand_seed() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<FinishReason>) -> ChatChunk {
+    ChatChunk {
+        id: id.to_string(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.to_string(),
+        choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish, logprobs: None }],
+        usage: None,
+        system_fingerprint: None,
+        extra: Extra::new(),
+    }
+}
+
+impl Provider for LocalProvider {
+    fn id(&self) -> &ProviderId {
+        &self.id
+    }
+
+    fn chat(&self, target: &ModelTarget, req: ChatRequest) -> BoxFuture<'static, Result<ChatResponse, ProviderError>> {
+        let id = self.id.clone();
+        let prepared = params(&req).and_then(|p| Ok((p, self.chat_engine(&target.model)?)));
+        let (p, engine) = match prepared {
+            Ok(v) => v,
+            Err(e) => return futures::future::ready(Err(e.into_provider(&id))).boxed(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self.chat.submit(move || {
+            let mut text = String::new();
+            let result = engine.generate(&p, &mut |t| {
+                text.push_str(t);
+                true
+            });
+            let _ = tx.send(result.map(|g| (g, text)));
+        });
+        let (response_id, model) = (self.next_id(), target.model.clone());
+        async move {
+            submitted.map_err(|e| e.into_provider(&id))?;
+            let (g, text) = rx
+                .await
+                .map_err(|_| LocalError::Engine("the generation was dropped".into()).into_provider(&id))?
+                .map_err(|e| e.into_provider(&id))?;
+            Ok(ChatResponse {
+                id: response_id,
+                object: "chat.completion".into(),
+                created: now(),
+                model,
+                choices: vec![Choice {
+                    index: 0,
+                    message: Message::new(Role::Assistant, text),
+                    finish_reason: Some(g.finish),
+                    logprobs: None,
+                }],
+                usage: Some(Usage::new(g.prompt_tokens, g.completion_tokens)),
+                system_fingerprint: None,
+                extra: Extra::new(),
+            })
+        }
+        .boxed()
+    }
+
+    fn chat_stream(
+        &self,
+        target: &ModelTarget,
+        req: ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatStream, ProviderError>> {
+        let id = self.id.clone();
+        let prepared = params(&req).and_then(|p| Ok((p, self.chat_engine(&target.model)?)));
+        let (p, engine) = match prepared {
+            Ok(v) => v,
+            Err(e) => return futures::future::ready(Err(e.into_provider(&id))).boxed(),
+        };
+        // A small buffer: generation is paced by the client, and stops when the client goes away.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ChatChunk, ProviderError>>(16);
+        let (response_id, model, created) = (self.next_id(), target.model.clone(), now());
+        let job_id = id.clone();
+        let submitted = self.chat.submit(move || {
+            let opening = Delta { role: Some(Role::Assistant), content: Some(String::new()), ..Delta::default() };
+            if tx.blocking_send(Ok(chunk(&response_id, &model, created, opening, None))).is_err() {
+                return;
+            }
+            let result = engine.generate(&p, &mut |t| {
+                let delta = Delta { content: Some(t.to_string()), ..Delta::default() };
+                tx.blocking_send(Ok(chunk(&response_id, &model, created, delta, None))).is_ok()
+            });
+            match result {
+                Ok(g) => {
+                    let _ =
+                        tx.blocking_send(Ok(chunk(&response_id, &model, created, Delta::default(), Some(g.finish))));
+                    let mut last = chunk(&response_id, &model, created, Delta::default(), None);
+                    last.choices.clear();
+                    last.usage = Some(Usage::new(g.prompt_tokens, g.completion_tokens));
+                    let _ = tx.blocking_send(Ok(last));
+                }
+                Err(LocalError::Cancelled) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.into_provider(&job_id)));
+                }
+            }
+        });
+        async move {
+            submitted.map_err(|e| e.into_provider(&id))?;
+            Ok(tokio_stream_from(rx, id))
+        }
+        .boxed()
+    }
+
+    fn embeddings(
+        &self,
+        target: &ModelTarget,
+        req: EmbeddingsRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingsResponse, ProviderError>> {
+        let id = self.id.clone();
+        let texts = match req.input {
+            EmbeddingInput::One(s) => vec![s],
+            EmbeddingInput::Many(v) => v,
+            EmbeddingInput::Tokens(_) | EmbeddingInput::ManyTokens(_) => {
+                let e = LocalError::Unsupported("the local embedding model takes text input, not token ids".into());
+                return futures::future::ready(Err(e.into_provider(&id))).boxed();
+            }
+        };
+        let engine = match self.embed_engine(&target.model) {
+            Ok(e) => e,
+            Err(e) => return futures::future::ready(Err(e.into_provider(&id))).boxed(),
+        };
+        if let Some(d) = req.dimensions
+            && d as usize != engine.dimensions()
+        {
+            let e =
+                LocalError::BadRequest(format!("dimensions: this model produces {} dimensions", engine.dimensions()));
+            return futures::future::ready(Err(e.into_provider(&id))).boxed();
+        }
+        let base64 = req.encoding_format.as_deref() == Some("base64");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self.embed.submit(move || {
+            // Batches of 32 bound the memory of one forward pass.
+            let mut vectors = Vec::with_capacity(texts.len());
+            let mut tokens = 0;
+            for batch in texts.chunks(32) {
+                match engine.embed(batch) {
+                    Ok((v, t)) => {
+                        vectors.extend(v);
+                        tokens += t;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok((vectors, tokens)));
+        });
+        let model = target.model.clone();
+        async move {
+            submitted.map_err(|e| e.into_provider(&id))?;
+            let (vectors, tokens) = rx
+                .await
+                .map_err(|_| LocalError::Engine("the embedding job was dropped".into()).into_provider(&id))?
+                .map_err(|e| e.into_provider(&id))?;
+            let data = vectors
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Embedding {
+                    object: "embedding".into(),
+                    index: i as u32,
+                    embedding: if base64 { encode_base64(&v).into() } else { serde_json::json!(v) },
+                })
+                .collect();
+            Ok(EmbeddingsResponse {
+                object: "list".into(),
+                data,
+                model,
+                usage: Some(EmbeddingsUsage { prompt_tokens: tokens, total_tokens: tokens }),
+                extra: Extra::new(),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// OpenAI's `encoding_format: "base64"`: the little-endian f32 bytes, base64-encoded.
+fn encode_base64(v: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The chunks of a generation. A channel that closes before the usage chunk (the worker died) ends the stream
+/// with an error, never silently.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<ChatChunk, ProviderError>>,
+    id: ProviderId,
+) -> ChatStream {
+    let mut complete = false;
+    let mut ended = false;
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        if ended {
+            return std::task::Poll::Ready(None);
+        }
+        match rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(item)) => {
+                if let Ok(c) = &item {
+                    complete |= c.usage.is_some();
+                }
+                if item.is_err() {
+                    ended = true;
+                }
+                std::task::Poll::Ready(Some(item))
+            }
+            std::task::Poll::Ready(None) => {
+                ended = true;
+                if complete {
+                    std::task::Poll::Ready(None)
+                } else {
+                    let e = LocalError::Engine("the generation stopped before it finished".into());
+                    std::task::Poll::Ready(Some(Err(e.into_provider(&id))))
+                }
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }))
+}

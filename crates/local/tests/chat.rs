@@ -1,0 +1,131 @@
+//! SmolLM2-135M-Instruct through the `local` provider: exact usage, determinism under a seed, limits, stop
+//! sequences, streaming through the same chunk shape as any provider, JSON-schema-constrained output, and the
+//! bounded queue.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use keel_config::{ModelTarget, ProviderId};
+use keel_local::LocalProvider;
+use keel_providers::{ErrorKind, Provider};
+use keel_types::{ChatRequest, FinishReason};
+use serde_json::json;
+
+async fn provider(extra: &str) -> (Arc<LocalProvider>, ModelTarget) {
+    let path = common::model("smollm2");
+    let text = format!("[providers.local]\nkind = \"local\"\ncontext_size = 1024\n{extra}\n");
+    let cfg = keel_config::parse(&text, &HashMap::<String, String>::new()).unwrap();
+    let p = LocalProvider::new(&cfg.providers[&ProviderId::from("local")]).unwrap();
+    let name = path.to_str().unwrap().to_string();
+    p.load_chat(&name).await.unwrap();
+    let target = ModelTarget { provider: "local".into(), model: name, deployment: None, supports_prefill: false };
+    (Arc::new(p), target)
+}
+
+fn request(body: serde_json::Value) -> ChatRequest {
+    let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    v.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+    serde_json::from_value(v).unwrap()
+}
+
+fn text(resp: &keel_types::ChatResponse) -> String {
+    resp.choices[0].message.content.as_ref().unwrap().text()
+}
+
+#[tokio::test]
+async fn greedy_answers_are_deterministic_with_exact_usage() {
+    let (p, t) = provider("").await;
+    let req = request(json!({"temperature": 0, "max_tokens": 24}));
+    let a = p.chat(&t, req.clone()).await.unwrap();
+    let b = p.chat(&t, req).await.unwrap();
+    assert!(!text(&a).trim().is_empty());
+    assert_eq!(text(&a), text(&b), "greedy decoding is deterministic");
+    let usage = a.usage.unwrap();
+    assert!(usage.prompt_tokens > 10, "the chat template's tokens are counted: {usage:?}");
+    assert!(usage.completion_tokens >= 1 && usage.completion_tokens <= 24, "{usage:?}");
+    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+}
+
+#[tokio::test]
+async fn a_seed_makes_sampling_repeatable() {
+    let (p, t) = provider("").await;
+    let req = request(json!({"temperature": 1.0, "top_p": 0.9, "seed": 42, "max_tokens": 16}));
+    let a = text(&p.chat(&t, req.clone()).await.unwrap());
+    let b = text(&p.chat(&t, req).await.unwrap());
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn max_tokens_ends_with_length_and_stop_sequences_cut_the_answer() {
+    let (p, t) = provider("").await;
+    let r = p.chat(&t, request(json!({"temperature": 0, "max_tokens": 5}))).await.unwrap();
+    assert_eq!(r.choices[0].finish_reason, Some(FinishReason::Length));
+    assert_eq!(r.usage.unwrap().completion_tokens, 5);
+
+    let full = text(&p.chat(&t, request(json!({"temperature": 0, "max_tokens": 24}))).await.unwrap());
+    let word = full.split_whitespace().nth(2).expect("a few words").to_string();
+    let cut = p.chat(&t, request(json!({"temperature": 0, "max_tokens": 24, "stop": [word.clone()]}))).await.unwrap();
+    let cut_text = text(&cut);
+    assert_eq!(cut.choices[0].finish_reason, Some(FinishReason::Stop));
+    assert!(!cut_text.contains(&word), "{cut_text:?} stops before {word:?}");
+    assert!(full.starts_with(&cut_text), "{full:?} / {cut_text:?}");
+}
+
+#[tokio::test]
+async fn streaming_gives_the_same_answer_token_by_token_with_usage() {
+    let (p, t) = provider("").await;
+    let whole = p.chat(&t, request(json!({"temperature": 0, "max_tokens": 20}))).await.unwrap();
+    let mut req = request(json!({"temperature": 0, "max_tokens": 20}));
+    req.stream = true;
+    let chunks: Vec<_> = p.chat_stream(&t, req).await.unwrap().collect().await;
+    let chunks: Vec<_> = chunks.into_iter().map(Result::unwrap).collect();
+    let streamed: String = chunks.iter().flat_map(|c| &c.choices).filter_map(|c| c.delta.content.clone()).collect();
+    assert_eq!(streamed, text(&whole));
+    assert!(chunks.len() > 3, "token by token");
+    assert_eq!(chunks.last().unwrap().usage, whole.usage, "the final chunk carries the exact usage");
+    assert!(chunks.iter().flat_map(|c| &c.choices).any(|c| c.finish_reason.is_some()));
+}
+
+#[tokio::test]
+async fn json_schema_output_is_always_valid() {
+    let (p, t) = provider("").await;
+    let schema = json!({
+        "type": "object",
+        // Bounded lengths: the grammar then guarantees a complete object within the token budget.
+        "properties": {"city": {"type": "string", "maxLength": 40}, "population": {"type": "integer", "maximum": 100000000}},
+        "required": ["city", "population"],
+        "additionalProperties": false
+    });
+    for seed in [1, 2, 3] {
+        let req = request(json!({
+            "temperature": 0.8, "seed": seed, "max_tokens": 120,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+        }));
+        let answer = text(&p.chat(&t, req).await.unwrap());
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        assert!(v["city"].is_string() && v["population"].is_i64(), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once_and_tools_are_refused_clearly() {
+    let (p, t) = provider("queue_depth = 1").await;
+    let req = request(json!({"temperature": 0, "max_tokens": 40}));
+    let calls: Vec<_> = (0..6).map(|_| p.chat(&t, req.clone())).collect();
+    let results = futures::future::join_all(calls).await;
+    let busy = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::RateLimited)).count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    // One may run and one may wait; the rest are refused at once rather than queued without bound.
+    assert!((1..=2).contains(&ok), "{ok} served");
+    assert_eq!(busy, 6 - ok, "the others are refused with a retryable 429");
+
+    let tools = request(json!({"tools": [{"type": "function", "function": {"name": "f"}}]}));
+    let e = p.chat(&t, tools).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+}
