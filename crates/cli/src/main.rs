@@ -174,13 +174,8 @@ async fn local_provider(cfg: &Config, p: &keel_config::ProviderConfig) -> anyhow
     }
     for name in names {
         let started = std::time::Instant::now();
-        if keel_local::LocalProvider::is_embedding_model(name) {
-            local.load_embeddings(name).await
-        } else {
-            local.load_chat(name).await
-        }
-        .with_context(|| format!("provider {}: model {name}", p.id))?;
-        tracing::info!(model = name, ms = started.elapsed().as_millis() as u64, "local model loaded");
+        let kind = local.load(name).await.with_context(|| format!("provider {}: model {name}", p.id))?;
+        tracing::info!(model = name, ?kind, ms = started.elapsed().as_millis() as u64, "local model loaded");
     }
     Ok(local)
 }

@@ -14,7 +14,7 @@ mod worker;
 pub use bert::BertEmbedder;
 pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation};
 pub use llama::LlamaEngine;
-pub use provider::LocalProvider;
+pub use provider::{LocalProvider, ModelKind};
 
 /// What can go wrong with a local model.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -19,6 +19,13 @@ use crate::engine::{ChatEngine, EmbedEngine, GenerateParams};
 use crate::worker::Worker;
 use crate::{BertEmbedder, LlamaEngine, LocalError, models};
 
+/// What a loaded local model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Chat,
+    Embeddings,
+}
+
 pub struct LocalProvider {
     id: ProviderId,
     settings: LocalSettings,
@@ -84,11 +91,17 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// Whether `name` looks like an embedding model (a directory of safetensors) rather than a GGUF chat model.
-    pub fn is_embedding_model(name: &str) -> bool {
-        let lower = name.to_ascii_lowercase();
-        !lower.ends_with(".gguf")
-            && (lower.contains("minilm") || lower.contains("embed") || lower.contains("bge") || lower.contains("e5-"))
+    /// Loads a configured model, as a chat model when it is a GGUF file and as an embedding model when it is a
+    /// sentence-transformers directory.
+    pub async fn load(&self, name: &str) -> Result<ModelKind, LocalError> {
+        let path = models::resolve(name, &self.dir).await?;
+        if path.is_dir() {
+            self.load_embeddings(name).await?;
+            Ok(ModelKind::Embeddings)
+        } else {
+            self.load_chat(name).await?;
+            Ok(ModelKind::Chat)
+        }
     }
 
     fn chat_engine(&self, name: &str) -> Result<Arc<dyn ChatEngine>, LocalError> {
