@@ -18,6 +18,25 @@ pub(crate) fn client(cfg: &ProviderConfig) -> Result<reqwest::Client, ProviderEr
         .map_err(|e| ProviderError::new(&cfg.id, ErrorKind::Connect, format!("cannot build HTTP client: {e}")))
 }
 
+/// Sends a request and returns the response if its status is a success; otherwise the failure, classified by
+/// the vendor's `classify` from the status and error body, with the vendor's `Retry-After`.
+pub(crate) async fn send(
+    provider: &ProviderId,
+    rb: reqwest::RequestBuilder,
+    classify: fn(&ProviderId, u16, &[u8]) -> ProviderError,
+) -> Result<reqwest::Response, ProviderError> {
+    let resp = rb.send().await.map_err(|e| transport_error(provider, &e))?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let retry_after = retry_after(resp.headers());
+    let body = resp.bytes().await.unwrap_or_default();
+    let mut err = classify(provider, status, &body);
+    err.retry_after = retry_after;
+    Err(err)
+}
+
 /// Classifies a failure of reqwest before a response arrived.
 pub(crate) fn transport_error(provider: &ProviderId, e: &reqwest::Error) -> ProviderError {
     let kind = if e.is_timeout() {

@@ -89,16 +89,7 @@ impl Inner {
 
     /// Sends the request and returns the response if its status is a success; otherwise the classified error.
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
-        let resp = rb.send().await.map_err(|e| transport_error(&self.id, &e))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let retry_after = crate::http::retry_after(resp.headers());
-        let body = resp.bytes().await.unwrap_or_default();
-        let mut err = errors::classify(&self.id, status, &body);
-        err.retry_after = retry_after;
-        Err(err)
+        crate::http::send(&self.id, rb, errors::classify).await
     }
 
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ProviderError> {
