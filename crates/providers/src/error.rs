@@ -62,18 +62,11 @@ impl ProviderError {
     /// Whether the failure says something about the target's health (the circuit breaker counts these), as
     /// opposed to something about the request.
     pub fn unhealthy(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::Connect
-                | ErrorKind::ConnectionLost
-                | ErrorKind::Timeout
-                | ErrorKind::RateLimited
-                | ErrorKind::Server
-                | ErrorKind::Protocol
-                | ErrorKind::StreamIncomplete
-                | ErrorKind::Auth
-                | ErrorKind::NotFound
-        )
+        self.retryable()
+            || matches!(
+                self.kind,
+                ErrorKind::Protocol | ErrorKind::StreamIncomplete | ErrorKind::Auth | ErrorKind::NotFound
+            )
     }
 
     /// Whether the same request can succeed on another attempt at the same target.
