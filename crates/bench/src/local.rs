@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use keel_local::{BertEmbedder, ChatEngine, EmbedEngine, GenerateParams, LlamaEngine};
+use keel_local::{BertEmbedder, ChatEngine, EmbedEngine, GenerateParams, LlamaEngine, OrtEmbedder};
 
 #[derive(Debug, Parser)]
 struct Args {
     /// The models directory (default: keel's).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// CPU threads for generation.
+    /// CPU threads for generation and for the ONNX Runtime encoder (candle uses every core).
     #[arg(long, default_value_t = 2)]
     threads: u32,
     /// Sentences for the embedding benchmark, one per line (default: built-in).
@@ -79,27 +79,19 @@ fn main() -> anyhow::Result<()> {
         gen_rates.push(g.completion_tokens.saturating_sub(1) as f64 / (total - ttft).as_secs_f64());
     }
 
-    let t = Instant::now();
-    let embed = BertEmbedder::load(&minilm).context("loading all-MiniLM-L6-v2 (run `keel models pull`)")?;
-    let embed_load = t.elapsed();
     let sentences: Vec<String> = match &args.sentences {
         Some(p) => std::fs::read_to_string(p)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
         None => (0..320).map(|i| format!("A short sentence number {i} about cats, trains and the sea.")).collect(),
     };
-    let _ = embed.embed(&sentences[..32.min(sentences.len())])?;
+    let library = dir.join(keel_local::models::ONNXRUNTIME.target);
+    let mut embed_rows = Vec::new();
     let t = Instant::now();
-    let mut n = 0;
-    for batch in sentences.chunks(32).take(10) {
-        n += embed.embed(batch)?.0.len();
-    }
-    let per_sec = n as f64 / t.elapsed().as_secs_f64();
-    let mut single = Vec::new();
-    for s in sentences.iter().take(50) {
-        let t = Instant::now();
-        embed.embed(std::slice::from_ref(s))?;
-        single.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    single.sort_by(f64::total_cmp);
+    let ort = OrtEmbedder::load(&minilm, &library, args.threads).context("loading all-MiniLM-L6-v2 on ONNX Runtime")?;
+    embed_rows.push(bench_embed(&ort, t.elapsed(), &sentences)?);
+    drop(ort);
+    let t = Instant::now();
+    let candle = BertEmbedder::load(&minilm).context("loading all-MiniLM-L6-v2 on candle")?;
+    embed_rows.push(bench_embed(&candle, t.elapsed(), &sentences)?);
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -113,9 +105,35 @@ fn main() -> anyhow::Result<()> {
     println!("  prompt processing: {:.0} tokens/s (median of 3)", med(&mut prompt_rates));
     println!("  generation: {:.0} tokens/s (median of 3, 128 tokens)", med(&mut gen_rates));
     println!("  time to first token: {:.1} ms (median of 3, short prompt)", med(&mut ttfts));
-    println!("embeddings (all-MiniLM-L6-v2): load {:.0} ms", embed_load.as_secs_f64() * 1000.0);
-    println!("  batches of 32: {per_sec:.0} sentences/s ({n} sentences)");
-    println!("  one sentence: p50 {:.2} ms, p90 {:.2} ms", single[single.len() / 2], single[single.len() * 9 / 10]);
+    for row in embed_rows {
+        println!("{row}");
+    }
     println!("RSS: {} MiB now, {} MiB peak", rss_kb("VmRSS:") / 1024, rss_kb("VmHWM:") / 1024);
     Ok(())
+}
+
+/// Throughput in batches of 32 (after one warm-up batch) and the latency of one sentence, on one engine.
+fn bench_embed(engine: &dyn EmbedEngine, load: Duration, sentences: &[String]) -> anyhow::Result<String> {
+    let _ = engine.embed(&sentences[..32.min(sentences.len())])?;
+    let t = Instant::now();
+    let mut n = 0;
+    for batch in sentences.chunks(32).take(10) {
+        n += engine.embed(batch)?.0.len();
+    }
+    let per_sec = n as f64 / t.elapsed().as_secs_f64();
+    let mut single = Vec::new();
+    for s in sentences.iter().take(50) {
+        let t = Instant::now();
+        engine.embed(std::slice::from_ref(s))?;
+        single.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    single.sort_by(f64::total_cmp);
+    Ok(format!(
+        "embeddings (all-MiniLM-L6-v2) on {}: load {:.0} ms\n  batches of 32: {per_sec:.0} sentences/s ({n} \
+         sentences)\n  one sentence: p50 {:.2} ms, p90 {:.2} ms",
+        engine.engine(),
+        load.as_secs_f64() * 1000.0,
+        single[single.len() / 2],
+        single[single.len() * 9 / 10]
+    ))
 }

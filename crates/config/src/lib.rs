@@ -11,7 +11,8 @@ use std::path::Path;
 
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
-    Config, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId, ProviderKind, ServerConfig,
+    Config, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
+    ProviderKind, ServerConfig,
 };
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.

@@ -137,6 +137,18 @@ pub struct LocalSettings {
     pub threads: Option<u32>,
     pub queue_depth: u32,
     pub context_size: u32,
+    pub embeddings_engine: EmbeddingsEngine,
+    pub onnxruntime_library: Option<std::path::PathBuf>,
+}
+
+/// What runs local embedding models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmbeddingsEngine {
+    /// ONNX Runtime when its library can be found, else candle.
+    #[default]
+    Auto,
+    OnnxRuntime,
+    Candle,
 }
 
 /// A secret value read from the environment. Its `Debug` does not show it.
@@ -340,6 +352,18 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
             }
         }
     }
+    let embeddings_engine = match raw.embeddings_engine.as_deref() {
+        None | Some("auto") => EmbeddingsEngine::Auto,
+        Some("onnxruntime") => EmbeddingsEngine::OnnxRuntime,
+        Some("candle") => EmbeddingsEngine::Candle,
+        Some(other) => {
+            errors.push(
+                path("embeddings_engine"),
+                format!("unknown engine {other:?} (expected \"auto\", \"onnxruntime\" or \"candle\")"),
+            );
+            EmbeddingsEngine::Auto
+        }
+    };
     let ms = |v: Option<u64>, default: u64, key: &str, errors: &mut Errors| match v {
         Some(0) => {
             errors.push(path(key), "must be greater than 0");
@@ -371,6 +395,8 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
             threads: raw.threads.filter(|t| *t > 0),
             queue_depth: raw.queue_depth.unwrap_or(4),
             context_size: raw.context_size.unwrap_or(2048).max(64),
+            embeddings_engine,
+            onnxruntime_library: raw.onnxruntime_library.map(std::path::PathBuf::from),
         },
     })
 }

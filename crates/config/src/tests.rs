@@ -112,3 +112,29 @@ fn headers_expand_environment_references() {
         expect![[r#"providers.gw.headers.a: environment variable NOPE is not set"#]],
     );
 }
+
+#[test]
+fn local_embeddings_engine_is_chosen_or_refused_clearly() {
+    let cfg = parse(
+        r#"
+        [providers.here]
+        kind = "local"
+        embeddings_engine = "candle"
+        onnxruntime_library = "/opt/ort/libonnxruntime.so"
+        [providers.auto]
+        kind = "local"
+        "#,
+        &env(),
+    )
+    .unwrap();
+    let here = &cfg.providers[&ProviderId::from("here")].local;
+    assert_eq!(here.embeddings_engine, EmbeddingsEngine::Candle);
+    assert_eq!(here.onnxruntime_library.as_deref(), Some(std::path::Path::new("/opt/ort/libonnxruntime.so")));
+    assert_eq!(cfg.providers[&ProviderId::from("auto")].local.embeddings_engine, EmbeddingsEngine::Auto);
+    check_err(
+        "[providers.here]\nkind = \"local\"\nembeddings_engine = \"tensorflow\"\n",
+        expect![[
+            r#"providers.here.embeddings_engine: unknown engine "tensorflow" (expected "auto", "onnxruntime" or "candle")"#
+        ]],
+    );
+}

@@ -39,4 +39,7 @@ pub trait EmbedEngine: Send + Sync + 'static {
     fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u64), LocalError>;
 
     fn dimensions(&self) -> usize;
+
+    /// The engine's name, for logs and benchmarks.
+    fn engine(&self) -> &'static str;
 }

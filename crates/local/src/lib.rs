@@ -1,5 +1,5 @@
-//! Models that run inside keel's own process: chat on llama.cpp (GGUF), sentence embeddings on candle (BERT
-//! safetensors). Both hide behind small traits ([`ChatEngine`], [`EmbedEngine`]) and run on worker threads fed by
+//! Models that run inside keel's own process: chat on llama.cpp (GGUF), sentence embeddings from BERT
+//! safetensors on ONNX Runtime (or, without its library, on candle). Both hide behind small traits ([`ChatEngine`], [`EmbedEngine`]) and run on worker threads fed by
 //! bounded queues: on a small machine concurrent generations only slow each other down, so work waits its
 //! turn, and when the queue is full the request is refused at once (429), so that a route can fall over.
 
@@ -7,13 +7,16 @@ mod bert;
 mod engine;
 mod llama;
 pub mod models;
+mod onnx;
 mod provider;
+mod sbert;
 mod text;
 mod worker;
 
 pub use bert::BertEmbedder;
 pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation};
 pub use llama::LlamaEngine;
+pub use onnx::OrtEmbedder;
 pub use provider::{LocalProvider, ModelKind};
 
 /// What can go wrong with a local model.

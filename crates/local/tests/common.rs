@@ -12,3 +12,11 @@ pub fn model(name: &str) -> PathBuf {
     assert!(path.exists(), "{} is missing: run `keel models pull` (or set KEEL_MODELS_DIR)", path.display());
     path
 }
+
+/// The ONNX Runtime library `keel models pull` puts in the models directory.
+pub fn onnxruntime() -> PathBuf {
+    let dir = keel_local::models::models_dir(None);
+    let path = dir.join(keel_local::models::ONNXRUNTIME.target);
+    assert!(path.exists(), "{} is missing: run `keel models pull` (or set KEEL_MODELS_DIR)", path.display());
+    path
+}

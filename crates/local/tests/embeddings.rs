@@ -1,11 +1,11 @@
-//! all-MiniLM-L6-v2 in keel against reference vectors from an independent implementation
+//! all-MiniLM-L6-v2 in keel, on both engines, against reference vectors from an independent implementation
 //! (`scripts/embedding-reference.py`, numpy): every component within 1e-4.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use keel_local::{BertEmbedder, EmbedEngine};
+use keel_local::{BertEmbedder, EmbedEngine, OrtEmbedder};
 use serde_json::Value;
 
 fn fixture() -> Vec<(String, usize, Vec<f32>)> {
@@ -29,8 +29,35 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn vectors_match_the_independent_reference_one_by_one_and_batched() {
-    let engine = BertEmbedder::load(&common::model("all-minilm-l6-v2")).unwrap();
+fn candle_vectors_match_the_independent_reference_one_by_one_and_batched() {
+    check(&BertEmbedder::load(&common::model("all-minilm-l6-v2")).unwrap());
+}
+
+#[test]
+fn onnxruntime_vectors_match_the_independent_reference_one_by_one_and_batched() {
+    let engine = OrtEmbedder::load(&common::model("all-minilm-l6-v2"), &common::onnxruntime(), 2).unwrap();
+    assert_eq!(engine.engine(), "onnxruntime");
+    check(&engine);
+}
+
+#[test]
+fn onnxruntime_refuses_a_model_whose_weights_do_not_match_its_config() {
+    // A copy of the model whose config claims more layers than the weights hold: a clear error, not a panic.
+    let src = common::model("all-minilm-l6-v2");
+    let dir = std::env::temp_dir().join(format!("keel-bad-bert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 7.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let err = OrtEmbedder::load(&dir, &common::onnxruntime(), 1).err().expect("must fail");
+    assert!(err.to_string().contains("encoder.layer.6"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn check(engine: &dyn EmbedEngine) {
     assert_eq!(engine.dimensions(), 384);
     let items = fixture();
     assert!(items.len() >= 12);
