@@ -100,10 +100,20 @@ def _start_mock(log_dir: Path) -> tuple[_Process, str]:
 
 def _write_config(path: Path, mock_url: str) -> None:
     # One attempt per request: these tests check what the SDKs see of each upstream outcome; retries and
-    # fallbacks are the Rust reliability suite's subject.
+    # fallbacks are the Rust reliability suite's subject. The request log keeps full bodies in a database of
+    # this session's own; mock-gpt has a price so that cost accounting can be checked.
     path.write_text(f"""\
 [reliability]
 max_attempts = 1
+
+[log]
+store = "sqlite://{path.parent}/keel.db"
+bodies = "full"
+
+[prices.mock-gpt]
+input = 2.0
+output = 8.0
+cached_input = 1.0
 
 [providers.oa]
 kind = "openai"

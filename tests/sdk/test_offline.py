@@ -21,7 +21,9 @@ def offline_keel(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "KEEL_CONFIG")}
-    log = tmp_path_factory.mktemp("offline") / "keel.log"
+    work = tmp_path_factory.mktemp("offline")
+    env["KEEL_DATA_DIR"] = str(work)  # the default request log's SQLite file
+    log = work / "keel.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(_binary("KEEL_BIN", "keel")), "serve", "--listen", f"127.0.0.1:{port}"], env=env, stderr=out)
     base = f"http://127.0.0.1:{port}"

@@ -1,6 +1,7 @@
 //! The `keel` binary: command-line parsing and the wiring of configuration, providers, pipeline and server.
 
 mod default_config;
+mod logs;
 
 /// mimalloc: the gateway allocates many small, short-lived buffers per request; glibc's malloc showed up as
 /// a tenth of keel's CPU time under load.
@@ -41,6 +42,39 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Read the request log, newest first (`--follow` to keep printing new requests).
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LogsArgs {
+    /// The configuration file whose `[log] store` to read (default: the embedded default's).
+    #[arg(long, short, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Only this virtual key's requests.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only requests for this model (alias or served model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Only this HTTP status.
+    #[arg(long)]
+    status: Option<u16>,
+    /// Only this outcome: ok, error, stream_error, client_disconnected, rejected.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only requests newer than this (`30s`, `15m`, `2h`, `7d`) or this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// One JSON object per line, every field.
+    #[arg(long)]
+    json: bool,
+    /// Keep printing new requests as they are logged.
+    #[arg(long, short)]
+    follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +143,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("{}", keel_local::models::models_dir(None).display());
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Logs(args) => {
+            let cfg = load(args.config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(logs::run(&cfg, &args))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
             Ok(std::process::ExitCode::SUCCESS)
@@ -135,7 +175,33 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).map_err(anyhow::Error::msg)?;
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
-    let state = keel_server::AppState::new(pipeline, routes, breakers);
+    let (writer, writer_task, store) = if cfg.log.enabled {
+        let store = keel_store::open(&cfg.log.store)
+            .await
+            .with_context(|| format!("opening the request log store {}", logs::display_url(&cfg.log.store)))?;
+        let on_full = match cfg.log.on_full {
+            keel_config::QueueFull::Wait => keel_store::OnFull::Wait,
+            keel_config::QueueFull::DropBodies => keel_store::OnFull::DropBodies,
+        };
+        let config = keel_store::WriterConfig {
+            max_queue_bytes: cfg.log.queue_bytes,
+            batch_max: cfg.log.batch_max,
+            on_full,
+            retention: cfg.log.retention,
+        };
+        let (writer, task) = keel_store::LogWriter::spawn(store.clone(), config);
+        tracing::info!(store = %logs::display_url(&cfg.log.store), backend = store.backend(), "request log open");
+        (Some(writer), Some(task), Some(store))
+    } else {
+        (None, None, None)
+    };
+    let metrics =
+        std::sync::Arc::new(keel_server::Metrics::new(breakers.clone(), writer.as_ref().map(|w| w.stats().clone())));
+    let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
+    let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
+    let log =
+        keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
+    let state = keel_server::AppState::with_log(pipeline, routes, breakers, std::sync::Arc::new(log), store);
     let router = keel_server::router(state, keel_server::ServerLimits { max_body_bytes: cfg.server.max_body_bytes });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -143,6 +209,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, models = cfg.models.len(), "keel listening on http://{addr}");
     keel_server::serve(listener, router, shutdown_signal(), cfg.server.shutdown_grace).await?;
+    if let Some(task) = writer_task {
+        task.close().await;
+    }
     tracing::info!("keel stopped");
     Ok(())
 }

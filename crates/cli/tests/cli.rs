@@ -128,3 +128,63 @@ async fn sigterm_gives_up_on_a_stalled_stream_after_the_grace_period() {
     let body = result.await.unwrap();
     assert!(!body.contains("[DONE]"), "a stalled stream is not completed: {body}");
 }
+
+#[test]
+fn keel_logs_reads_the_store_filtered_newest_last() {
+    let dir = std::env::temp_dir().join(format!("keel-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/keel.db", dir.display());
+    let now = keel_store::now_ms();
+    let row = |i: i64, model: &str, status: u16| keel_store::Record {
+        id: format!("req-{i}"),
+        ts_ms: now - 60_000 + i,
+        key_id: None,
+        tenant: None,
+        api: "openai".into(),
+        endpoint: "chat".into(),
+        model_requested: Some(model.into()),
+        model_served: Some(format!("p/{model}")),
+        status,
+        outcome: if status == 200 { "ok".into() } else { "error".into() },
+        error_class: (status != 200).then(|| "rate_limited".into()),
+        stream: false,
+        attempts: Vec::new(),
+        ttft_ms: None,
+        latency_ms: 12.0,
+        tokens_in: Some(3),
+        tokens_out: Some(4),
+        tokens_cached: Some(0),
+        cost_usd: Some(0.5),
+        cache: None,
+        request_body: None,
+        response_body: None,
+        metadata: serde_json::json!({}),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = keel_store::open(&url).await.unwrap();
+        let rows = vec![row(1, "fast", 200), row(2, "smart", 429), row(3, "fast", 200), row(4, "fast", 500)];
+        store.insert(&rows).await.unwrap();
+    });
+    let cfg = dir.join("keel.toml");
+    std::fs::write(&cfg, format!("[log]\nstore = \"{url}\"\n")).unwrap();
+    let out = Command::new(KEEL)
+        .args(["logs", "--json", "--model", "fast", "--since", "10m", "--limit", "2", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["req-3", "req-4"], "the two newest `fast` rows, oldest first");
+    let table = Command::new(KEEL).args(["logs", "--status", "429", "--config"]).arg(&cfg).output().unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("req-2") && text.contains("error:rate_limited") && !text.contains("req-1"), "{text}");
+    let bad = Command::new(KEEL).args(["logs", "--since", "yesterday", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected a duration"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,12 +3,14 @@
 //! Validation collects every error with its path (`models.fast.provider: unknown provider "opnai"`) and reports
 //! them together. Components receive their slice of the resolved [`Config`], never the whole file.
 
+mod log;
 mod raw;
 mod reliability;
 mod resolve;
 
 use std::path::Path;
 
+pub use log::{BodyPolicy, LogConfig, Price, QueueFull, default_store};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
     Config, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,

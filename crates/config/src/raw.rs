@@ -16,6 +16,12 @@ pub struct RawConfig {
     /// Defaults for every model alias; `[models.NAME.reliability]` overrides them key by key.
     #[serde(default)]
     pub reliability: RawReliability,
+    #[serde(default)]
+    pub log: crate::log::RawLog,
+    /// Prices per model (`"gpt-4o-mini"`) or per target (`"openai/gpt-4o-mini"`), USD per million tokens;
+    /// they override keel's built-in table.
+    #[serde(default)]
+    pub prices: BTreeMap<String, crate::log::RawPrice>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -16,6 +16,8 @@ pub struct Config {
     pub providers: BTreeMap<ProviderId, ProviderConfig>,
     /// Model aliases by the name clients send, in file order of their names.
     pub models: BTreeMap<String, ModelAlias>,
+    pub log: crate::log::LogConfig,
+    pub prices: BTreeMap<String, crate::log::Price>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +268,13 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
             m.context_fallback.extend(context_target);
         }
     }
-    if errors.0.is_empty() { Ok(Config { server, providers, models }) } else { Err(ConfigErrors(errors.0)) }
+    let log = crate::log::resolve_log(raw.log, env, &mut errors);
+    let prices = crate::log::resolve_prices(raw.prices, &mut errors);
+    if errors.0.is_empty() {
+        Ok(Config { server, providers, models, log, prices })
+    } else {
+        Err(ConfigErrors(errors.0))
+    }
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -402,7 +410,7 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
 }
 
 /// Replaces `${NAME}` with the environment variable's value; returns the name of a missing variable.
-fn expand_env(value: &str, env: &dyn Env) -> Result<String, String> {
+pub(crate) fn expand_env(value: &str, env: &dyn Env) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {

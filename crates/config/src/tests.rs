@@ -88,7 +88,9 @@ fn unknown_keys_and_bad_types_are_rejected() {
     check_err("[server]\nlisten = 8080\n", expect![[r#"at byte 18: invalid type: integer `8080`, expected a string"#]]);
     check_err(
         "[sever]\n",
-        expect!["at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`"],
+        expect![
+            "at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `log`, `prices`"
+        ],
     );
 }
 

@@ -7,6 +7,7 @@
 
 mod call;
 mod context;
+pub mod cost;
 mod route;
 
 use std::convert::Infallible;

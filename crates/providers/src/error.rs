@@ -40,6 +40,29 @@ pub enum ErrorKind {
     CircuitOpen,
 }
 
+impl ErrorKind {
+    /// The class's name in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ContextLengthExceeded => "context_length_exceeded",
+            ErrorKind::ContentFilter => "content_filter",
+            ErrorKind::Auth => "auth",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Server => "server_error",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::StreamIncomplete => "stream_incomplete",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidOutput => "invalid_output",
+            ErrorKind::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{provider}: {message}")]
 pub struct ProviderError {

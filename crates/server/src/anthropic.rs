@@ -5,34 +5,50 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use keel_pipeline::{GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
 use keel_types::anthropic::MessagesRequest;
 
-use crate::openai::{run, served_by, set_served_by, unexpected};
+use crate::log::Outcome;
+use crate::openai::{failed, run, served_by, set_cost, set_served_by, unexpected};
 use crate::{ApiError, AppState, body, stream};
 
 /// `POST /v1/messages`.
 pub(crate) async fn messages(
     State(app): State<AppState>,
     Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let api = InboundApi::Anthropic;
+    let mut entry = app.inner.log.start(&id, api, "messages", &headers);
+    if let Ok(raw) = &body {
+        entry.request(raw);
+    }
     let req = match body::parse::<MessagesRequest>(body).and_then(translate) {
         Ok(r) => r,
-        Err(e) => return e.into_response_for(InboundApi::Anthropic),
+        Err(e) => {
+            entry.reject(&e);
+            return e.into_response_for(api);
+        }
     };
     let model = req.model.clone();
-    let ctx = RequestContext::new(id.clone(), InboundApi::Anthropic, &model);
+    let ctx = RequestContext::new(id.clone(), api, &model);
+    entry.attach(&ctx, req.stream, None);
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
     let served_by = served_by(&resp.ctx);
-    let mut out = match resp.result {
-        Ok(Output::Chat(r)) => Json(keel_translate::chat_response_to_messages(r)).into_response(),
-        Ok(Output::ChatStream(s)) => stream::anthropic(s, id, model),
-        Ok(Output::Embeddings(_)) => unexpected(),
-        Err(e) => ApiError::from(e).into_response_for(InboundApi::Anthropic),
+    let (mut out, cost) = match resp.result {
+        Ok(Output::Chat(r)) => {
+            let cost = entry.finish(Outcome::Chat(&r));
+            (Json(keel_translate::chat_response_to_messages(r)).into_response(), cost)
+        }
+        Ok(Output::ChatStream(s)) => (stream::anthropic(entry.watch(s), id, model), None),
+        Ok(Output::Embeddings(_)) => (unexpected(), None),
+        Err(e) => failed(entry, e, api),
     };
     set_served_by(&mut out, served_by);
+    set_cost(&mut out, cost);
     out
 }
 

@@ -1,9 +1,12 @@
 //! The HTTP edge of keel: the axum router, thin handlers for the OpenAI and Anthropic APIs, stream encoding,
 //! and the one mapping from gateway errors to HTTP responses. Only this crate knows axum.
 
+mod admin;
 mod anthropic;
 mod body;
 mod error;
+mod log;
+mod metrics;
 mod openai;
 mod request_id;
 mod stream;
@@ -17,6 +20,8 @@ use axum::routing::{get, post};
 use keel_pipeline::{Breakers, Pipeline, RouteTable};
 
 pub use error::ApiError;
+pub use log::RequestLog;
+pub use metrics::Metrics;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -28,11 +33,35 @@ struct Inner {
     pipeline: Pipeline,
     routes: RouteTable,
     breakers: Breakers,
+    log: Arc<RequestLog>,
+    /// The request log's store, for `GET /admin/requests`; none when logging is off.
+    store: Option<Arc<dyn keel_store::Store>>,
 }
 
 impl AppState {
+    /// State without a persistent request log (metrics only).
     pub fn new(pipeline: Pipeline, routes: RouteTable, breakers: Breakers) -> Self {
-        Self { inner: Arc::new(Inner { pipeline, routes, breakers }) }
+        let metrics = Arc::new(Metrics::new(breakers.clone(), None));
+        let log = RequestLog::new(
+            None,
+            keel_config::BodyPolicy::None,
+            0,
+            keel_pipeline::cost::Prices::default(),
+            metrics,
+            routes.names(),
+        );
+        Self::with_log(pipeline, routes, breakers, Arc::new(log), None)
+    }
+
+    /// State with a request log (and the store it writes to, for reading it back).
+    pub fn with_log(
+        pipeline: Pipeline,
+        routes: RouteTable,
+        breakers: Breakers,
+        log: Arc<RequestLog>,
+        store: Option<Arc<dyn keel_store::Store>>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { pipeline, routes, breakers, log, store }) }
     }
 }
 
@@ -52,6 +81,8 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/health", get(health))
         .route("/admin/circuits", get(circuits))
+        .route("/admin/requests", get(admin::requests))
+        .route("/metrics", get(admin::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

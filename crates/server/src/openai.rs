@@ -4,37 +4,67 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keel_pipeline::{GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
+use keel_pipeline::{GatewayError, GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
 use keel_types::models::{ModelInfo, ModelList};
 use keel_types::{ChatRequest, EmbeddingInput, EmbeddingsRequest};
 use tower::ServiceExt;
 
+use crate::log::{Entry, Outcome, error_class};
 use crate::{ApiError, AppState, body, stream};
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(
     State(app): State<AppState>,
     Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let api = InboundApi::OpenAi;
+    let mut entry = app.inner.log.start(&id, api, "chat", &headers);
+    if let Ok(raw) = &body {
+        entry.request(raw);
+    }
     let req: ChatRequest = match body::parse(body).and_then(validate_chat) {
         Ok(r) => r,
-        Err(e) => return e.into_response_for(InboundApi::OpenAi),
+        Err(e) => {
+            entry.reject(&e);
+            return e.into_response_for(api);
+        }
     };
     let wants_usage = req.include_usage();
-    let ctx = RequestContext::new(id, InboundApi::OpenAi, &req.model);
+    let ctx = RequestContext::new(id, api, &req.model);
+    entry.attach(&ctx, req.stream, req.user.as_deref());
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
     let served_by = served_by(&resp.ctx);
-    let mut out = match resp.result {
-        Ok(Output::Chat(r)) => Json(r).into_response(),
-        Ok(Output::ChatStream(s)) => stream::openai(s, wants_usage),
-        Ok(Output::Embeddings(_)) => unexpected(),
-        Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
+    let (mut out, cost) = match resp.result {
+        Ok(Output::Chat(r)) => {
+            let cost = entry.finish(Outcome::Chat(&r));
+            (Json(r).into_response(), cost)
+        }
+        Ok(Output::ChatStream(s)) => (stream::openai(entry.watch(s), wants_usage), None),
+        Ok(Output::Embeddings(_)) => (unexpected(), None),
+        Err(e) => failed(entry, e, api),
     };
     set_served_by(&mut out, served_by);
+    set_cost(&mut out, cost);
     out
+}
+
+/// A request the pipeline could not answer: logged with its class, answered in the API's error format.
+pub(crate) fn failed(entry: Entry, e: GatewayError, api: InboundApi) -> (Response, Option<f64>) {
+    let class = error_class(&e);
+    let err = ApiError::from(e);
+    entry.finish(Outcome::Failed(&err, class));
+    (err.into_response_for(api), None)
+}
+
+/// `x-keel-cost-usd`: what the request cost, when keel knows the model's price.
+pub(crate) fn set_cost(resp: &mut Response, cost: Option<f64>) {
+    if let Some(v) = cost.and_then(|c| HeaderValue::from_str(&format!("{c:.8}")).ok()) {
+        resp.headers_mut().insert("x-keel-cost-usd", v);
+    }
 }
 
 fn validate_chat(req: ChatRequest) -> Result<ChatRequest, ApiError> {
@@ -51,21 +81,35 @@ fn validate_chat(req: ChatRequest) -> Result<ChatRequest, ApiError> {
 pub(crate) async fn embeddings(
     State(app): State<AppState>,
     Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let api = InboundApi::OpenAi;
+    let mut entry = app.inner.log.start(&id, api, "embeddings", &headers);
+    if let Ok(raw) = &body {
+        entry.request(raw);
+    }
     let req: EmbeddingsRequest = match body::parse(body).and_then(validate_embeddings) {
         Ok(r) => r,
-        Err(e) => return e.into_response_for(InboundApi::OpenAi),
+        Err(e) => {
+            entry.reject(&e);
+            return e.into_response_for(api);
+        }
     };
-    let ctx = RequestContext::new(id, InboundApi::OpenAi, &req.model);
+    let ctx = RequestContext::new(id, api, &req.model);
+    entry.attach(&ctx, false, req.user.as_deref());
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Embeddings(req) }).await;
     let served_by = served_by(&resp.ctx);
-    let mut out = match resp.result {
-        Ok(Output::Embeddings(r)) => Json(r).into_response(),
-        Ok(_) => unexpected(),
-        Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
+    let (mut out, cost) = match resp.result {
+        Ok(Output::Embeddings(r)) => {
+            let cost = entry.finish(Outcome::Embeddings(&r));
+            (Json(r).into_response(), cost)
+        }
+        Ok(_) => (unexpected(), None),
+        Err(e) => failed(entry, e, api),
     };
     set_served_by(&mut out, served_by);
+    set_cost(&mut out, cost);
     out
 }
 

@@ -1,0 +1,148 @@
+//! `[log]` (the request log) and `[prices]` (cost accounting), resolved.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::resolve::Errors;
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub enabled: Option<bool>,
+    /// `sqlite://PATH` or `postgres://…`; may reference the environment as `${NAME}`.
+    pub store: Option<String>,
+    pub bodies: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub queue_bytes: Option<usize>,
+    pub on_full: Option<String>,
+    pub batch_max: Option<usize>,
+    pub retention_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+}
+
+/// What of a request's and response's bodies the log keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyPolicy {
+    /// Bodies as sent and received (up to `max_body_bytes` each).
+    Full,
+    /// The JSON structure, with every text (message contents, tool arguments, embedding input) replaced by
+    /// its length.
+    Redacted,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    Wait,
+    DropBodies,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub enabled: bool,
+    pub store: String,
+    pub bodies: BodyPolicy,
+    pub max_body_bytes: usize,
+    pub queue_bytes: usize,
+    pub on_full: QueueFull,
+    pub batch_max: usize,
+    pub retention: Option<Duration>,
+}
+
+/// A price in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    /// Input tokens served from the provider's prompt cache; `input` when not given.
+    pub cached_input: f64,
+}
+
+/// The default store: `$KEEL_DATA_DIR/keel.db`, else `$XDG_DATA_HOME/keel/keel.db` (`~/.local/share/keel`).
+pub fn default_store(env: &dyn crate::Env) -> String {
+    let dir = env
+        .var("KEEL_DATA_DIR")
+        .or_else(|| env.var("XDG_DATA_HOME").map(|d| format!("{d}/keel")))
+        .or_else(|| env.var("HOME").map(|h| format!("{h}/.local/share/keel")))
+        .unwrap_or_else(|| ".".into());
+    format!("sqlite://{dir}/keel.db")
+}
+
+pub(crate) fn resolve_log(raw: RawLog, env: &dyn crate::Env, errors: &mut Errors) -> LogConfig {
+    let bodies = match raw.bodies.as_deref() {
+        None | Some("none") => BodyPolicy::None,
+        Some("full") => BodyPolicy::Full,
+        Some("redacted") => BodyPolicy::Redacted,
+        Some(other) => {
+            errors
+                .push("log.bodies", format!("unknown policy {other:?} (expected \"full\", \"redacted\" or \"none\")"));
+            BodyPolicy::None
+        }
+    };
+    let on_full = match raw.on_full.as_deref() {
+        None | Some("wait") => QueueFull::Wait,
+        Some("drop_bodies") => QueueFull::DropBodies,
+        Some(other) => {
+            errors.push("log.on_full", format!("unknown policy {other:?} (expected \"wait\" or \"drop_bodies\")"));
+            QueueFull::Wait
+        }
+    };
+    let store = match raw.store {
+        Some(s) => match crate::resolve::expand_env(&s, env) {
+            Ok(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => s,
+            Ok(s) => {
+                errors.push("log.store", format!("not a store URL: {s:?} (expected sqlite://PATH or postgres://…)"));
+                s
+            }
+            Err(var) => {
+                errors.push("log.store", format!("environment variable {var} is not set"));
+                String::new()
+            }
+        },
+        None => default_store(env),
+    };
+    let positive = |v: Option<usize>, default: usize, key: &str, errors: &mut Errors| match v {
+        Some(0) => {
+            errors.push(format!("log.{key}"), "must be greater than 0");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    LogConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        store,
+        bodies,
+        max_body_bytes: positive(raw.max_body_bytes, 64 * 1024, "max_body_bytes", errors),
+        queue_bytes: positive(raw.queue_bytes, 64 << 20, "queue_bytes", errors),
+        on_full,
+        batch_max: positive(raw.batch_max, 512, "batch_max", errors),
+        retention: match raw.retention_days {
+            Some(0) => None,
+            Some(d) => Some(Duration::from_secs(u64::from(d) * 86_400)),
+            None => Some(Duration::from_secs(30 * 86_400)),
+        },
+    }
+}
+
+pub(crate) fn resolve_prices(raw: BTreeMap<String, RawPrice>, errors: &mut Errors) -> BTreeMap<String, Price> {
+    let mut out = BTreeMap::new();
+    for (name, p) in raw {
+        let cached = p.cached_input.unwrap_or(p.input);
+        if [p.input, p.output, cached].iter().any(|v| !v.is_finite() || *v < 0.0) {
+            errors.push(format!("prices.{name}"), "prices must be finite and not negative (USD per million tokens)");
+            continue;
+        }
+        out.insert(name, Price { input: p.input, output: p.output, cached_input: cached });
+    }
+    out
+}

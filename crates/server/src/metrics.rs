@@ -1,0 +1,161 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text). Request metrics are recorded once per request by the
+//! request log's finish path, so they count exactly what the log holds; circuit states and the log queue are
+//! read at scrape time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keel_pipeline::Breakers;
+use keel_store::WriterStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub endpoint: &'static str,
+    pub model: String,
+    pub status: u16,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TokenLabels {
+    pub model: String,
+    /// "input", "output" or "cached_input".
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AttemptLabels {
+    pub provider: String,
+    pub model: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CacheLabels {
+    pub outcome: String,
+}
+
+/// Every metric keel exports.
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) duration: Family<ModelLabels, Histogram>,
+    pub(crate) ttft: Family<ModelLabels, Histogram>,
+    pub(crate) tokens: Family<TokenLabels, Counter>,
+    pub(crate) cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    pub(crate) attempts: Family<AttemptLabels, Counter>,
+    pub(crate) cache: Family<CacheLabels, Counter>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0].into_iter()
+}
+
+impl Metrics {
+    pub fn new(breakers: Breakers, log: Option<Arc<WriterStats>>) -> Self {
+        let mut registry = Registry::with_prefix("keel");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests by endpoint, model alias, HTTP status and outcome", requests.clone());
+        let duration = Family::<ModelLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "request_duration_seconds",
+            "Time from arrival to the last byte of the answer",
+            duration.clone(),
+        );
+        let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register("time_to_first_token_seconds", "Time from arrival to the first streamed token", ttft.clone());
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("tokens", "Tokens by model alias and kind", tokens.clone());
+        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register("cost_usd", "Spend in US dollars by model alias", cost.clone());
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register("upstream_attempts", "Upstream attempts by target and outcome", attempts.clone());
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register("cache_lookups", "keel's response cache: hits and misses", cache.clone());
+        registry.register_collector(Box::new(Live { breakers, log }));
+        Self { registry, requests, duration, ttft, tokens, cost, attempts, cache }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Values read at scrape time: circuit states and the request log's queue.
+#[derive(Debug)]
+struct Live {
+    breakers: Breakers,
+    log: Option<Arc<WriterStats>>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let states = self.breakers.states();
+        let probe = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "circuit_state",
+            "Circuit breaker per target: 0 closed, 1 half-open, 2 open",
+            None,
+            probe.metric_type(),
+        )?;
+        for s in states {
+            let value = match s.state {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            };
+            let labels = TargetLabels { target: s.target };
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        if let Some(stats) = &self.log {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let gauges = [
+                ("log_queue_rows", "Rows waiting to be written to the request log", load(&stats.queued_rows)),
+                (
+                    "log_queue_bytes",
+                    "Bytes of rows waiting to be written to the request log",
+                    load(&stats.queued_bytes),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+            let counters = [
+                ("log_rows_written", "Rows written to the request log", load(&stats.written_rows)),
+                ("log_write_errors", "Failed request log writes (retried)", load(&stats.write_errors)),
+                (
+                    "log_bodies_dropped",
+                    "Rows whose bodies were dropped because the log queue was full",
+                    load(&stats.bodies_dropped),
+                ),
+                ("log_queue_waits", "Rows that waited for room in a full log queue", load(&stats.waited)),
+            ];
+            for (name, help, value) in counters {
+                let c = ConstCounter::new(value);
+                c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+        }
+        Ok(())
+    }
+}

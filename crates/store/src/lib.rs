@@ -1,0 +1,64 @@
+//! keel's durable state: the request log (one row per request, whatever its outcome), behind one trait with two
+//! real backends: SQLite (the embedded default, WAL) and PostgreSQL (shared by several keel instances). Schema
+//! migrations are embedded and run when a store is opened. Writes from the request path go through
+//! [`LogWriter`]: a queue bounded in bytes, batched into transactions, with an explicit policy when full.
+
+mod postgres;
+mod record;
+mod sql;
+mod sqlite;
+mod writer;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+pub use postgres::PgStore;
+pub use record::{AttemptRow, Query, Record};
+pub use sqlite::SqliteStore;
+pub use writer::{LogWriter, OnFull, WriterConfig, WriterStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Invalid(String),
+}
+
+/// Where the request log and keel's other state live.
+pub trait Store: Send + Sync + 'static {
+    /// Inserts rows in one transaction. A row whose id is already stored is left as it is (a retried batch
+    /// does not duplicate rows). Returns the number of rows inserted.
+    fn insert<'a>(&'a self, rows: &'a [Record]) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Rows matching `query`, newest first.
+    fn query<'a>(&'a self, query: &'a Query) -> BoxFuture<'a, Result<Vec<Record>, StoreError>>;
+
+    /// Deletes rows received before `ts_ms` (retention). Returns how many.
+    fn purge_before(&self, ts_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// "sqlite" or "postgres".
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (created if missing), `sqlite::memory:`, or
+/// `postgres://…` / `postgresql://…`; runs pending migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Invalid(format!("unsupported store URL {url:?} (expected sqlite://PATH or postgres://…)")))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

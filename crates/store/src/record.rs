@@ -1,0 +1,87 @@
+//! The request log's row and the filters it is read back with.
+
+use serde::{Deserialize, Serialize};
+
+/// One request, as logged: identity, routing, every upstream attempt, timing, usage, cost, bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The request id (`x-request-id`).
+    pub id: String,
+    /// When the request arrived, in milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    /// The API the client called: "openai" or "anthropic".
+    pub api: String,
+    /// "chat", "embeddings" or "messages".
+    pub endpoint: String,
+    pub model_requested: Option<String>,
+    /// `provider/model` of the attempt that answered.
+    pub model_served: Option<String>,
+    /// The HTTP status the client got (200 for a stream that started, whatever happened after).
+    pub status: u16,
+    /// "ok", "error", "stream_error", "client_disconnected" or "rejected" (refused before any upstream call).
+    pub outcome: String,
+    /// The class of the error that ended the request (`rate_limited`, `timeout`, …).
+    pub error_class: Option<String>,
+    pub stream: bool,
+    pub attempts: Vec<AttemptRow>,
+    pub ttft_ms: Option<f64>,
+    pub latency_ms: f64,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    /// Input tokens served from the provider's prompt cache (part of `tokens_in`).
+    pub tokens_cached: Option<u64>,
+    pub cost_usd: Option<f64>,
+    /// keel's own cache: "hit", "miss", or none when not consulted.
+    pub cache: Option<String>,
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+    /// The client's metadata and tags (`x-keel-metadata`, `x-keel-tags`, OpenAI `user`/`metadata`).
+    pub metadata: serde_json::Value,
+}
+
+/// One upstream attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRow {
+    pub provider: String,
+    pub model: String,
+    /// When it started, from the request's arrival.
+    pub started_ms: f64,
+    pub latency_ms: f64,
+    /// The upstream's HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// "ok", "circuit_open", or the error class.
+    pub outcome: String,
+}
+
+/// A filter over the log. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub key_id: Option<String>,
+    /// Matches the requested or the served model.
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    pub outcome: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub id: Option<String>,
+    /// At most this many rows (default 100, at most 10,000).
+    pub limit: Option<u32>,
+}
+
+impl Query {
+    pub fn limit(&self) -> i64 {
+        i64::from(self.limit.unwrap_or(100).clamp(1, 10_000))
+    }
+}
+
+impl Record {
+    /// An estimate of the memory the row holds while queued, for the writer's byte bound.
+    pub fn weight(&self) -> usize {
+        512 + self.request_body.as_ref().map_or(0, String::len)
+            + self.response_body.as_ref().map_or(0, String::len)
+            + self.attempts.len() * 96
+            + self.metadata.as_object().map_or(0, |m| m.len() * 64)
+    }
+}

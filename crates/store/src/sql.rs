@@ -1,0 +1,155 @@
+//! The SQL both backends run. It is the same text for SQLite and PostgreSQL (`QueryBuilder` writes each one's
+//! placeholders); a macro instantiates it per driver because sqlx's generic bounds over "any database" would
+//! be longer than the code.
+
+/// Columns of `requests`, in insert order.
+pub(crate) const COLUMNS: &str = "id, ts_ms, key_id, tenant, api, endpoint, model_requested, model_served, status, \
+     outcome, error_class, stream, attempts, ttft_ms, latency_ms, tokens_in, tokens_out, tokens_cached, cost_usd, \
+     cache, request_body, response_body, metadata";
+
+pub(crate) fn to_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+macro_rules! store_impl {
+    ($store:ty, $db:ty) => {
+        impl crate::Store for $store {
+            fn insert<'a>(
+                &'a self,
+                rows: &'a [crate::Record],
+            ) -> futures::future::BoxFuture<'a, Result<u64, crate::StoreError>> {
+                Box::pin(async move {
+                    use crate::sql::to_i64;
+                    if rows.is_empty() {
+                        return Ok(0);
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    let mut inserted = 0;
+                    // Bounded statement size: SQLite allows 32,766 parameters, 23 per row.
+                    for chunk in rows.chunks(500) {
+                        let mut qb =
+                            sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO requests ({}) ", crate::sql::COLUMNS));
+                        qb.push_values(chunk, |mut b, r| {
+                            b.push_bind(r.id.clone())
+                                .push_bind(r.ts_ms)
+                                .push_bind(r.key_id.clone())
+                                .push_bind(r.tenant.clone())
+                                .push_bind(r.api.clone())
+                                .push_bind(r.endpoint.clone())
+                                .push_bind(r.model_requested.clone())
+                                .push_bind(r.model_served.clone())
+                                .push_bind(i64::from(r.status))
+                                .push_bind(r.outcome.clone())
+                                .push_bind(r.error_class.clone())
+                                .push_bind(i64::from(r.stream))
+                                .push_bind(serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into()))
+                                .push_bind(r.ttft_ms)
+                                .push_bind(r.latency_ms)
+                                .push_bind(to_i64(r.tokens_in))
+                                .push_bind(to_i64(r.tokens_out))
+                                .push_bind(to_i64(r.tokens_cached))
+                                .push_bind(r.cost_usd)
+                                .push_bind(r.cache.clone())
+                                .push_bind(r.request_body.clone())
+                                .push_bind(r.response_body.clone())
+                                .push_bind(r.metadata.to_string());
+                        });
+                        qb.push(" ON CONFLICT (id) DO NOTHING");
+                        inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+                    }
+                    tx.commit().await?;
+                    Ok(inserted)
+                })
+            }
+
+            fn query<'a>(
+                &'a self,
+                q: &'a crate::Query,
+            ) -> futures::future::BoxFuture<'a, Result<Vec<crate::Record>, crate::StoreError>> {
+                Box::pin(async move {
+                    use sqlx::Row;
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {} FROM requests WHERE 1 = 1",
+                        crate::sql::COLUMNS
+                    ));
+                    if let Some(v) = &q.id {
+                        qb.push(" AND id = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = &q.key_id {
+                        qb.push(" AND key_id = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = &q.model {
+                        qb.push(" AND (model_requested = ").push_bind(v.clone());
+                        qb.push(" OR model_served = ").push_bind(v.clone());
+                        qb.push(" OR model_served LIKE ").push_bind(format!("%/{v}")).push(")");
+                    }
+                    if let Some(v) = q.status {
+                        qb.push(" AND status = ").push_bind(i64::from(v));
+                    }
+                    if let Some(v) = &q.outcome {
+                        qb.push(" AND outcome = ").push_bind(v.clone());
+                    }
+                    if let Some(v) = q.since_ms {
+                        qb.push(" AND ts_ms >= ").push_bind(v);
+                    }
+                    if let Some(v) = q.until_ms {
+                        qb.push(" AND ts_ms < ").push_bind(v);
+                    }
+                    qb.push(" ORDER BY ts_ms DESC, id DESC LIMIT ").push_bind(q.limit());
+                    let rows = qb.build().fetch_all(&self.pool).await?;
+                    rows.iter()
+                        .map(|row| {
+                            let attempts: String = row.try_get("attempts")?;
+                            let metadata: String = row.try_get("metadata")?;
+                            Ok(crate::Record {
+                                id: row.try_get("id")?,
+                                ts_ms: row.try_get("ts_ms")?,
+                                key_id: row.try_get("key_id")?,
+                                tenant: row.try_get("tenant")?,
+                                api: row.try_get("api")?,
+                                endpoint: row.try_get("endpoint")?,
+                                model_requested: row.try_get("model_requested")?,
+                                model_served: row.try_get("model_served")?,
+                                status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+                                outcome: row.try_get("outcome")?,
+                                error_class: row.try_get("error_class")?,
+                                stream: row.try_get::<i64, _>("stream")? != 0,
+                                attempts: serde_json::from_str(&attempts)
+                                    .map_err(|e| crate::StoreError::Invalid(format!("attempts: {e}")))?,
+                                ttft_ms: row.try_get("ttft_ms")?,
+                                latency_ms: row.try_get("latency_ms")?,
+                                tokens_in: crate::sql::to_u64(row.try_get("tokens_in")?),
+                                tokens_out: crate::sql::to_u64(row.try_get("tokens_out")?),
+                                tokens_cached: crate::sql::to_u64(row.try_get("tokens_cached")?),
+                                cost_usd: row.try_get("cost_usd")?,
+                                cache: row.try_get("cache")?,
+                                request_body: row.try_get("request_body")?,
+                                response_body: row.try_get("response_body")?,
+                                metadata: serde_json::from_str(&metadata)
+                                    .map_err(|e| crate::StoreError::Invalid(format!("metadata: {e}")))?,
+                            })
+                        })
+                        .collect()
+                })
+            }
+
+            fn purge_before(&self, ts_ms: i64) -> futures::future::BoxFuture<'_, Result<u64, crate::StoreError>> {
+                Box::pin(async move {
+                    let done =
+                        sqlx::query("DELETE FROM requests WHERE ts_ms < $1").bind(ts_ms).execute(&self.pool).await?;
+                    Ok(done.rows_affected())
+                })
+            }
+
+            fn backend(&self) -> &'static str {
+                <$store>::BACKEND
+            }
+        }
+    };
+}
+
+pub(crate) use store_impl;

@@ -1,0 +1,245 @@
+//! The request log's write path: a queue bounded in bytes between the request path and the store, drained by
+//! one task into batched transactions.
+//!
+//! Memory is bounded by a semaphore of bytes (each queued row holds permits for its weight). When the queue is
+//! full the configured policy applies, and is counted: `wait` (the request path waits for room; nothing is
+//! lost) or `drop_bodies` (the row is kept without its bodies; only when even that does not fit does it wait).
+//! A batch that fails to write is retried with backoff, never dropped; on shutdown the queue is drained.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::{Record, Store};
+
+/// What to do when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Wait for room: every row and body is kept, the request path slows down.
+    #[default]
+    Wait,
+    /// Keep the row, drop its request and response bodies.
+    DropBodies,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The queue's bound, in bytes of queued rows (bodies included).
+    pub max_queue_bytes: usize,
+    /// Rows per transaction, at most.
+    pub batch_max: usize,
+    pub on_full: OnFull,
+    /// Rows older than this are deleted (checked hourly); none when unset.
+    pub retention: Option<Duration>,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { max_queue_bytes: 64 << 20, batch_max: 512, on_full: OnFull::Wait, retention: None }
+    }
+}
+
+/// Counters of the write path, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub queued_rows: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub written_rows: AtomicU64,
+    pub batches: AtomicU64,
+    pub write_errors: AtomicU64,
+    /// Rows whose bodies were dropped because the queue was full (`drop_bodies`).
+    pub bodies_dropped: AtomicU64,
+    /// Rows that had to wait for room (`wait`).
+    pub waited: AtomicU64,
+}
+
+struct Queued {
+    record: Record,
+    weight: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The handle the request path writes through; cheap to clone.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+    capacity: usize,
+    on_full: OnFull,
+    stats: Arc<WriterStats>,
+}
+
+/// The drain task; `close` flushes what is queued and waits for it.
+pub struct WriterTask {
+    join: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl LogWriter {
+    /// Starts the drain task on the current runtime.
+    pub fn spawn(store: Arc<dyn Store>, config: WriterConfig) -> (Self, WriterTask) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = config.max_queue_bytes.clamp(1 << 16, u32::MAX as usize);
+        let stats = Arc::new(WriterStats::default());
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let join = tokio::spawn(drain(store, rx, stopping, config.clone(), stats.clone()));
+        let writer = Self { tx, room: Arc::new(Semaphore::new(capacity)), capacity, on_full: config.on_full, stats };
+        (writer, WriterTask { join, stop })
+    }
+
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
+    }
+
+    /// Queues a row, waiting for room when the queue is full and the policy says so.
+    pub async fn write(&self, record: Record) {
+        match self.try_write(record) {
+            None => {}
+            Some(record) => {
+                self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                let weight = self.weight(&record);
+                if let Ok(permit) = self.room.clone().acquire_many_owned(weight).await {
+                    self.enqueue(record, permit);
+                }
+            }
+        }
+    }
+
+    /// Queues a row from a context that cannot wait (a stream being dropped): when it must wait, a task waits.
+    pub fn write_detached(&self, record: Record) {
+        if let Some(record) = self.try_write(record) {
+            let this = self.clone();
+            tokio::spawn(async move { this.write(record).await });
+        }
+    }
+
+    /// Queues at once if there is room (after applying `drop_bodies`); gives the row back otherwise.
+    fn try_write(&self, mut record: Record) -> Option<Record> {
+        let weight = self.weight(&record);
+        if let Ok(permit) = self.room.clone().try_acquire_many_owned(weight) {
+            self.enqueue(record, permit);
+            return None;
+        }
+        if self.on_full == OnFull::DropBodies && (record.request_body.is_some() || record.response_body.is_some()) {
+            record.request_body = None;
+            record.response_body = None;
+            self.stats.bodies_dropped.fetch_add(1, Ordering::Relaxed);
+            let weight = self.weight(&record);
+            if let Ok(permit) = self.room.clone().try_acquire_many_owned(weight) {
+                self.enqueue(record, permit);
+                return None;
+            }
+        }
+        Some(record)
+    }
+
+    fn weight(&self, record: &Record) -> u32 {
+        u32::try_from(record.weight().min(self.capacity)).unwrap_or(u32::MAX)
+    }
+
+    fn enqueue(&self, record: Record, permit: OwnedSemaphorePermit) {
+        let weight = permit.num_permits() as u64;
+        self.stats.queued_rows.fetch_add(1, Ordering::Relaxed);
+        self.stats.queued_bytes.fetch_add(weight, Ordering::Relaxed);
+        if self.tx.send(Queued { record, weight, permit }).is_err() {
+            // Only after `close`: the process is stopping and the drain task is gone.
+            tracing::error!("request log closed; a row was not written");
+        }
+    }
+}
+
+impl WriterTask {
+    /// Writes every row queued so far, then stops; rows submitted later are refused (and said so). Clones of
+    /// the writer may still exist (connections cut at the shutdown deadline hold some).
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        let _ = self.join.await;
+    }
+}
+
+async fn drain(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    cfg: WriterConfig,
+    stats: Arc<WriterStats>,
+) {
+    let mut retention = cfg.retention.map(|_| tokio::time::interval(Duration::from_secs(3600)));
+    loop {
+        let first = tokio::select! {
+            biased;
+            q = rx.recv() => q,
+            () = async { drop(stopping.wait_for(|s| *s).await) } => {
+                // Whatever is queued now is written below; then the channel reports its end.
+                rx.close();
+                continue;
+            }
+            _ = tick(&mut retention) => {
+                if let Some(age) = cfg.retention {
+                    let cutoff = crate::now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                    match store.purge_before(cutoff).await {
+                        Ok(n) if n > 0 => tracing::info!(rows = n, "request log retention: old rows deleted"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "request log retention failed"),
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first];
+        while batch.len() < cfg.batch_max {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut held = Vec::with_capacity(batch.len());
+        for q in batch {
+            rows.push(q.record);
+            held.push((q.weight, q.permit));
+        }
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0;
+        loop {
+            match store.insert(&rows).await {
+                Ok(_) => {
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.written_rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    // While keel runs, a failing store is retried for as long as it takes (the queue's bound
+                    // then applies its policy). Once keel is stopping, it gives up after a few tries, loudly.
+                    if rx.is_closed() && failures >= 5 {
+                        tracing::error!(error = %e, rows = rows.len(), "request log store unavailable at shutdown; rows lost");
+                        break;
+                    }
+                    tracing::error!(error = %e, rows = rows.len(), "request log write failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for (weight, _) in &held {
+            stats.queued_rows.fetch_sub(1, Ordering::Relaxed);
+            stats.queued_bytes.fetch_sub(*weight, Ordering::Relaxed);
+        }
+        drop(held); // releases the queue's room
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

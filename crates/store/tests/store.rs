@@ -1,0 +1,224 @@
+//! One battery, run against both backends: SQLite in a temporary file and the PostgreSQL server on
+//! 127.0.0.1:5432 (database `test`, a schema of its own per run).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use keel_store::{AttemptRow, LogWriter, OnFull, PgStore, Query, Record, SqliteStore, Store, WriterConfig};
+
+fn record(i: usize, ts_ms: i64) -> Record {
+    Record {
+        id: format!("req-{i:05}"),
+        ts_ms,
+        key_id: Some(if i.is_multiple_of(2) { "key-even".into() } else { "key-odd".into() }),
+        tenant: Some("acme".into()),
+        api: "openai".into(),
+        endpoint: "chat".into(),
+        model_requested: Some(if i.is_multiple_of(3) { "fast".into() } else { "smart".into() }),
+        model_served: Some("openai/gpt-4o-mini".into()),
+        status: if i.is_multiple_of(5) { 429 } else { 200 },
+        outcome: if i.is_multiple_of(5) { "error".into() } else { "ok".into() },
+        error_class: i.is_multiple_of(5).then(|| "rate_limited".into()),
+        stream: !i.is_multiple_of(2),
+        attempts: vec![AttemptRow {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            started_ms: 0.25,
+            latency_ms: 12.5,
+            status: Some(200),
+            outcome: "ok".into(),
+        }],
+        ttft_ms: Some(3.5),
+        latency_ms: 20.0 + i as f64,
+        tokens_in: Some(10 + i as u64),
+        tokens_out: Some(5),
+        tokens_cached: Some(2),
+        cost_usd: Some(0.000_123 * i as f64),
+        cache: None,
+        request_body: Some(format!("{{\"n\":{i}, \"text\":\"héllo ☃\"}}")),
+        response_body: None,
+        metadata: serde_json::json!({"tags": ["a", "b"], "user": "u1"}),
+    }
+}
+
+async fn sqlite() -> (Arc<dyn Store>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("keel-store-{}-{}", std::process::id(), rand_suffix()));
+    let url = format!("sqlite://{}", dir.join("keel.db").display());
+    (Arc::new(SqliteStore::connect(&url).await.unwrap()), dir)
+}
+
+async fn postgres() -> Arc<dyn Store> {
+    let schema = format!("keel_test_{}_{}", std::process::id(), rand_suffix());
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::from_str("postgres://postgres@127.0.0.1:5432/test")
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    Arc::new(PgStore::connect_with(options).await.unwrap())
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    t ^ (N.fetch_add(1, Ordering::Relaxed) << 48)
+}
+
+async fn battery(store: Arc<dyn Store>) {
+    let base = 1_700_000_000_000i64;
+    let rows: Vec<Record> = (0..1200).map(|i| record(i, base + i as i64)).collect();
+    // More rows than one statement holds: chunked in one transaction.
+    assert_eq!(store.insert(&rows).await.unwrap(), 1200);
+    // A retried batch does not duplicate rows.
+    assert_eq!(store.insert(&rows[..10]).await.unwrap(), 0);
+
+    let all = store.query(&Query { limit: Some(10_000), ..Query::default() }).await.unwrap();
+    assert_eq!(all.len(), 1200);
+    assert_eq!(all[0], rows[1199], "newest first, every field round-trips");
+
+    let one = store.query(&Query { id: Some("req-00007".into()), ..Query::default() }).await.unwrap();
+    assert_eq!(one, vec![rows[7].clone()]);
+
+    let q = Query { key_id: Some("key-even".into()), status: Some(429), limit: Some(10_000), ..Query::default() };
+    let got = store.query(&q).await.unwrap();
+    assert_eq!(got.len(), rows.iter().filter(|r| r.key_id.as_deref() == Some("key-even") && r.status == 429).count());
+    assert!(got.iter().all(|r| r.status == 429 && r.key_id.as_deref() == Some("key-even")));
+
+    let q = Query {
+        model: Some("fast".into()),
+        since_ms: Some(base + 100),
+        until_ms: Some(base + 200),
+        limit: Some(10_000),
+        ..Query::default()
+    };
+    let got = store.query(&q).await.unwrap();
+    assert_eq!(got.len(), (100..200).filter(|i| i % 3 == 0).count());
+    let q = Query { model: Some("gpt-4o-mini".into()), limit: Some(5), ..Query::default() };
+    assert_eq!(store.query(&q).await.unwrap().len(), 5, "the served model matches too; limit applies");
+    let q = Query { outcome: Some("error".into()), limit: Some(10_000), ..Query::default() };
+    assert_eq!(store.query(&q).await.unwrap().len(), 240);
+
+    assert_eq!(store.purge_before(base + 1000).await.unwrap(), 1000);
+    let left = store.query(&Query { limit: Some(10_000), ..Query::default() }).await.unwrap();
+    assert_eq!(left.len(), 200);
+    assert!(left.iter().all(|r| r.ts_ms >= base + 1000));
+}
+
+async fn writer_battery(store: Arc<dyn Store>) {
+    // Many concurrent writers through a small queue: every row arrives exactly once.
+    let config = WriterConfig { max_queue_bytes: 1 << 16, batch_max: 64, on_full: OnFull::Wait, retention: None };
+    let (writer, task) = LogWriter::spawn(store.clone(), config);
+    let mut joins = Vec::new();
+    for w in 0..16 {
+        let writer = writer.clone();
+        joins.push(tokio::spawn(async move {
+            for i in 0..125 {
+                let mut r = record(w * 1000 + i, 1_800_000_000_000 + (w * 1000 + i) as i64);
+                r.request_body = Some("x".repeat(2000));
+                writer.write(r).await;
+            }
+        }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let stats = writer.stats().clone();
+    drop(writer);
+    task.close().await;
+    let got = store
+        .query(&Query { since_ms: Some(1_800_000_000_000), limit: Some(10_000), ..Query::default() })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2000);
+    assert!(got.iter().all(|r| r.request_body.as_ref().is_some_and(|b| b.len() == 2000)), "wait keeps bodies");
+    assert_eq!(stats.written_rows.load(std::sync::atomic::Ordering::Relaxed), 2000);
+    assert_eq!(stats.queued_rows.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(stats.batches.load(std::sync::atomic::Ordering::Relaxed) < 2000, "rows are batched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_passes_the_battery() {
+    let (store, dir) = sqlite().await;
+    assert_eq!(store.backend(), "sqlite");
+    battery(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_battery() {
+    let store = postgres().await;
+    assert_eq!(store.backend(), "postgres");
+    battery(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writer_loses_nothing_under_concurrency() {
+    let (store, dir) = sqlite().await;
+    writer_battery(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_loses_nothing_under_concurrency() {
+    writer_battery(postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_bodies_keeps_every_row_and_counts_the_drops() {
+    // A store that blocks until released, so the queue fills.
+    struct Gate {
+        inner: Arc<dyn Store>,
+        open: tokio::sync::Semaphore,
+    }
+    impl Store for Gate {
+        fn insert<'a>(
+            &'a self,
+            rows: &'a [Record],
+        ) -> futures::future::BoxFuture<'a, Result<u64, keel_store::StoreError>> {
+            Box::pin(async move {
+                let _p = self.open.acquire().await.unwrap();
+                self.inner.insert(rows).await
+            })
+        }
+        fn query<'a>(
+            &'a self,
+            q: &'a Query,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<Record>, keel_store::StoreError>> {
+            self.inner.query(q)
+        }
+        fn purge_before(&self, ts: i64) -> futures::future::BoxFuture<'_, Result<u64, keel_store::StoreError>> {
+            self.inner.purge_before(ts)
+        }
+        fn backend(&self) -> &'static str {
+            "gate"
+        }
+    }
+    let (inner, dir) = sqlite().await;
+    let gate = Arc::new(Gate { inner: inner.clone(), open: tokio::sync::Semaphore::new(0) });
+    let config = WriterConfig { max_queue_bytes: 1 << 16, batch_max: 8, on_full: OnFull::DropBodies, retention: None };
+    let (writer, task) = LogWriter::spawn(gate.clone(), config);
+    let stats = writer.stats().clone();
+    let producer = tokio::spawn(async move {
+        for i in 0..200 {
+            let mut r = record(i, 1_900_000_000_000 + i as i64);
+            r.request_body = Some("y".repeat(4000));
+            writer.write(r).await;
+        }
+    });
+    // While the store is stuck, a 64 KiB queue cannot hold 200 rows with 4 KB bodies: bodies are dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stats.bodies_dropped.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no body was dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    gate.open.add_permits(1_000_000);
+    producer.await.unwrap();
+    let dropped = stats.bodies_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    task.close().await;
+    let got = inner.query(&Query { limit: Some(10_000), ..Query::default() }).await.unwrap();
+    assert_eq!(got.len(), 200, "every row is kept");
+    assert_eq!(got.iter().filter(|r| r.request_body.is_none()).count() as u64, dropped);
+    let _ = std::fs::remove_dir_all(dir);
+}
