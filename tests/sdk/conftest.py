@@ -106,8 +106,10 @@ def _write_config(path: Path, mock_url: str) -> None:
 [reliability]
 max_attempts = 1
 
+[store]
+url = "sqlite://{path.parent}/keel.db"
+
 [log]
-store = "sqlite://{path.parent}/keel.db"
 bodies = "full"
 
 [prices.mock-gpt]

@@ -10,9 +10,9 @@ use keel_store::{Query, Record};
 use crate::LogsArgs;
 
 pub(crate) async fn run(cfg: &Config, args: &LogsArgs) -> anyhow::Result<()> {
-    let store = keel_store::open(&cfg.log.store)
+    let store = keel_store::open(&cfg.store)
         .await
-        .with_context(|| format!("opening the request log store {}", display_url(&cfg.log.store)))?;
+        .with_context(|| format!("opening the request log store {}", display_url(&cfg.store)))?;
     let since_ms = args.since.as_deref().map(parse_since).transpose()?;
     let mut query = Query {
         key_id: args.key.clone(),

@@ -44,6 +44,47 @@ enum Command {
     },
     /// Read the request log, newest first (`--follow` to keep printing new requests).
     Logs(LogsArgs),
+    /// Manage virtual keys (stored hashed in keel's store; a secret is shown once, at creation).
+    Keys {
+        /// The configuration file whose store to use (default: the embedded default's).
+        #[arg(long, short, env = "KEEL_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret (once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Model aliases the key may call, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Budget in US dollars per UTC day.
+        #[arg(long)]
+        daily_usd: Option<f64>,
+        /// Budget in US dollars per UTC month.
+        #[arg(long)]
+        monthly_usd: Option<f64>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print the key as JSON (secret included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,11 +190,78 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             runtime.block_on(logs::run(&cfg, &args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Keys { config, command } => {
+            let cfg = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(keys_command(&cfg, command))
+        }
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+async fn keys_command(cfg: &Config, command: KeysCommand) -> anyhow::Result<std::process::ExitCode> {
+    let store = keel_store::open(&cfg.store)
+        .await
+        .with_context(|| format!("opening keel's store {}", logs::display_url(&cfg.store)))?;
+    let keys = keel_limits::Keys::new(store.clone(), std::time::Duration::from_secs(0));
+    match command {
+        KeysCommand::Create { name, models, daily_usd, monthly_usd, rpm, tpm, tenant, json } => {
+            let new = keel_limits::NewKey {
+                name,
+                tenant,
+                models,
+                budget_daily_usd: daily_usd,
+                budget_monthly_usd: monthly_usd,
+                rpm,
+                tpm,
+            };
+            new.validate().map_err(anyhow::Error::msg)?;
+            let (key, secret) = keys.create(new).await?;
+            if json {
+                let mut v = serde_json::to_value(&key)?;
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("key".into(), secret.into());
+                }
+                println!("{v}");
+            } else {
+                println!("created {} ({})", key.id, key.name);
+                println!("secret (shown once, store it now): {secret}");
+            }
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<22} {:<20} {:<14} {:<8} {:>10} {:>10} {:>6} {:>8}  models",
+                "id", "name", "prefix", "state", "daily $", "monthly $", "rpm", "tpm"
+            );
+            for k in store.list_keys().await? {
+                let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+                println!(
+                    "{:<22} {:<20} {:<14} {:<8} {:>10} {:>10} {:>6} {:>8}  {}",
+                    k.id,
+                    k.name,
+                    k.prefix,
+                    if k.revoked_ms.is_some() { "revoked" } else { "live" },
+                    opt(k.budget_daily_usd),
+                    opt(k.budget_monthly_usd),
+                    k.rpm.map_or_else(|| "-".into(), |v| v.to_string()),
+                    k.tpm.map_or_else(|| "-".into(), |v| v.to_string()),
+                    if k.models.is_empty() { "all".to_string() } else { k.models.join(",") }
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if keys.revoke(&id).await? {
+                println!("revoked {id}");
+            } else {
+                eprintln!("no live key with id {id}");
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
@@ -176,9 +284,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
     let (writer, writer_task, store) = if cfg.log.enabled {
-        let store = keel_store::open(&cfg.log.store)
+        let store = keel_store::open(&cfg.store)
             .await
-            .with_context(|| format!("opening the request log store {}", logs::display_url(&cfg.log.store)))?;
+            .with_context(|| format!("opening the request log store {}", logs::display_url(&cfg.store)))?;
         let on_full = match cfg.log.on_full {
             keel_config::QueueFull::Wait => keel_store::OnFull::Wait,
             keel_config::QueueFull::DropBodies => keel_store::OnFull::DropBodies,
@@ -190,7 +298,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             retention: cfg.log.retention,
         };
         let (writer, task) = keel_store::LogWriter::spawn(store.clone(), config);
-        tracing::info!(store = %logs::display_url(&cfg.log.store), backend = store.backend(), "request log open");
+        tracing::info!(store = %logs::display_url(&cfg.store), backend = store.backend(), "request log open");
         (Some(writer), Some(task), Some(store))
     } else {
         (None, None, None)
@@ -199,9 +307,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         std::sync::Arc::new(keel_server::Metrics::new(breakers.clone(), writer.as_ref().map(|w| w.stats().clone())));
     let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
     let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
+    let auth = match &store {
+        Some(store) => Some(std::sync::Arc::new(auth(&cfg, store.clone(), prices.clone()).await?)),
+        None if cfg.auth.enabled => anyhow::bail!("[auth] enabled needs keel's store: set [log] enabled = true"),
+        None => None,
+    };
     let log =
         keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
-    let state = keel_server::AppState::with_log(pipeline, routes, breakers, std::sync::Arc::new(log), store);
+    let state = keel_server::AppState::with_log(pipeline, routes, breakers, std::sync::Arc::new(log), store, auth);
     let router = keel_server::router(state, keel_server::ServerLimits { max_body_bytes: cfg.server.max_body_bytes });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -214,6 +327,34 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// Virtual keys and their counters: in Redis when configured (several instances), else in-process.
+async fn auth(
+    cfg: &Config,
+    store: std::sync::Arc<dyn keel_store::Store>,
+    prices: keel_pipeline::cost::Prices,
+) -> anyhow::Result<keel_server::Auth> {
+    let counters: std::sync::Arc<dyn keel_limits::Counters> = match &cfg.auth.redis {
+        Some(url) => std::sync::Arc::new(
+            keel_limits::RedisCounters::connect(url, store.clone())
+                .await
+                .with_context(|| format!("connecting to Redis at {}", logs::display_url(url)))?,
+        ),
+        None => std::sync::Arc::new(keel_limits::LocalCounters::new(store.clone())),
+    };
+    if cfg.auth.enabled {
+        tracing::info!(shared = cfg.auth.redis.is_some(), "virtual keys required on API routes");
+    }
+    Ok(keel_server::Auth {
+        keys: std::sync::Arc::new(keel_limits::Keys::new(store, std::time::Duration::from_secs(5))),
+        counters,
+        enabled: cfg.auth.enabled,
+        admin_key: cfg.auth.admin_key.clone(),
+        public: cfg.auth.public.clone(),
+        default_output_tokens: cfg.auth.default_output_tokens,
+        prices,
+    })
 }
 
 /// Builds a local provider and loads every model the configuration serves from it. Packaged models that are

@@ -12,7 +12,11 @@ use keel_testkit::{MockUpstream, Reply};
 const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 
 fn example_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("OPENAI_API_KEY", "a").env("ANTHROPIC_API_KEY", "b").env("AZURE_OPENAI_API_KEY", "c").env("MY_ORG_ID", "o")
+    cmd.env("OPENAI_API_KEY", "a")
+        .env("ANTHROPIC_API_KEY", "b")
+        .env("AZURE_OPENAI_API_KEY", "c")
+        .env("MY_ORG_ID", "o")
+        .env("KEEL_ADMIN_KEY", "admin")
 }
 
 #[test]
@@ -167,7 +171,7 @@ fn keel_logs_reads_the_store_filtered_newest_last() {
         store.insert(&rows).await.unwrap();
     });
     let cfg = dir.join("keel.toml");
-    std::fs::write(&cfg, format!("[log]\nstore = \"{url}\"\n")).unwrap();
+    std::fs::write(&cfg, format!("[store]\nurl = \"{url}\"\n")).unwrap();
     let out = Command::new(KEEL)
         .args(["logs", "--json", "--model", "fast", "--since", "10m", "--limit", "2", "--config"])
         .arg(&cfg)
@@ -186,5 +190,29 @@ fn keel_logs_reads_the_store_filtered_newest_last() {
     let bad = Command::new(KEEL).args(["logs", "--since", "yesterday", "--config"]).arg(&cfg).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected a duration"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keel_keys_creates_lists_and_revokes() {
+    let dir = std::env::temp_dir().join(format!("keel-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("keel.toml");
+    std::fs::write(&cfg, format!("[store]\nurl = \"sqlite://{}/keel.db\"\n", dir.display())).unwrap();
+    let run = |args: &[&str]| Command::new(KEEL).arg("keys").args(args).arg("--config").arg(&cfg).output().unwrap();
+    let out = run(&["create", "--name", "ci", "--models", "fast,smart", "--daily-usd", "2.5", "--rpm", "60", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = key["key"].as_str().unwrap();
+    assert!(secret.starts_with("sk-keel-"));
+    assert_eq!(key["models"], serde_json::json!(["fast", "smart"]));
+    let list = String::from_utf8(run(&["list"]).stdout).unwrap();
+    let id = key["id"].as_str().unwrap();
+    assert!(list.contains(id) && list.contains("live") && list.contains("2.50") && !list.contains(secret), "{list}");
+    assert!(run(&["revoke", id]).status.success());
+    assert!(String::from_utf8(run(&["list"]).stdout).unwrap().contains("revoked"));
+    assert!(!run(&["revoke", id]).status.success(), "revoking twice fails");
+    let bad = run(&["create", "--name", "x", "--rpm", "0"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("rpm"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,11 +10,11 @@ mod resolve;
 
 use std::path::Path;
 
-pub use log::{BodyPolicy, LogConfig, Price, QueueFull, default_store};
+pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, default_store};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
     Config, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
-    ProviderKind, ServerConfig,
+    ProviderKind, Secret, ServerConfig,
 };
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.

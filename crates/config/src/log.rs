@@ -1,4 +1,5 @@
-//! `[log]` (the request log) and `[prices]` (cost accounting), resolved.
+//! `[store]` (keel's database), `[log]` (the request log), `[auth]` (virtual keys and limits) and `[prices]`
+//! (cost accounting), resolved.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,8 +12,6 @@ use crate::resolve::Errors;
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub enabled: Option<bool>,
-    /// `sqlite://PATH` or `postgres://…`; may reference the environment as `${NAME}`.
-    pub store: Option<String>,
     pub bodies: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub queue_bytes: Option<usize>,
@@ -49,7 +48,6 @@ pub enum QueueFull {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub enabled: bool,
-    pub store: String,
     pub bodies: BodyPolicy,
     pub max_body_bytes: usize,
     pub queue_bytes: usize,
@@ -77,7 +75,82 @@ pub fn default_store(env: &dyn crate::Env) -> String {
     format!("sqlite://{dir}/keel.db")
 }
 
-pub(crate) fn resolve_log(raw: RawLog, env: &dyn crate::Env, errors: &mut Errors) -> LogConfig {
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sqlite://PATH` or `postgres://…`; may reference the environment as `${NAME}`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub enabled: Option<bool>,
+    pub admin_key_env: Option<String>,
+    pub public: Option<Vec<String>>,
+    pub redis: Option<String>,
+    pub default_output_tokens: Option<u32>,
+}
+
+/// Virtual keys, budgets and rate limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    /// The admin key (from the environment); also accepted on every API route, without limits.
+    pub admin_key: Option<crate::resolve::Secret>,
+    /// Paths served without a key.
+    pub public: Vec<String>,
+    /// Shared counters for several keel instances; in-process counters when unset.
+    pub redis: Option<String>,
+    /// Output tokens reserved against a budget when a request sets no `max_tokens`.
+    pub default_output_tokens: u32,
+}
+
+pub(crate) fn resolve_store(raw: RawStore, env: &dyn crate::Env, errors: &mut Errors) -> String {
+    match raw.url {
+        Some(s) => match crate::resolve::expand_env(&s, env) {
+            Ok(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => s,
+            Ok(s) => {
+                errors.push("store.url", format!("not a store URL: {s:?} (expected sqlite://PATH or postgres://…)"));
+                s
+            }
+            Err(var) => {
+                errors.push("store.url", format!("environment variable {var} is not set"));
+                String::new()
+            }
+        },
+        None => default_store(env),
+    }
+}
+
+pub(crate) fn resolve_auth(raw: RawAuth, env: &dyn crate::Env, errors: &mut Errors) -> AuthConfig {
+    let enabled = raw.enabled.unwrap_or(false);
+    let var = raw.admin_key_env.unwrap_or_else(|| "KEEL_ADMIN_KEY".into());
+    let admin_key = env.var(&var).map(crate::resolve::Secret::new);
+    if enabled && admin_key.is_none() {
+        errors.push("auth.admin_key_env", format!("environment variable {var} is not set (the admin key)"));
+    }
+    let redis = raw.redis.and_then(|r| match crate::resolve::expand_env(&r, env) {
+        Ok(r) if r.starts_with("redis://") || r.starts_with("rediss://") => Some(r),
+        Ok(r) => {
+            errors.push("auth.redis", format!("not a Redis URL: {r:?} (expected redis://HOST:PORT)"));
+            None
+        }
+        Err(var) => {
+            errors.push("auth.redis", format!("environment variable {var} is not set"));
+            None
+        }
+    });
+    AuthConfig {
+        enabled,
+        admin_key,
+        public: raw.public.unwrap_or_else(|| vec!["/health".into()]),
+        redis,
+        default_output_tokens: raw.default_output_tokens.unwrap_or(4096).max(1),
+    }
+}
+
+pub(crate) fn resolve_log(raw: RawLog, errors: &mut Errors) -> LogConfig {
     let bodies = match raw.bodies.as_deref() {
         None | Some("none") => BodyPolicy::None,
         Some("full") => BodyPolicy::Full,
@@ -96,20 +169,6 @@ pub(crate) fn resolve_log(raw: RawLog, env: &dyn crate::Env, errors: &mut Errors
             QueueFull::Wait
         }
     };
-    let store = match raw.store {
-        Some(s) => match crate::resolve::expand_env(&s, env) {
-            Ok(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => s,
-            Ok(s) => {
-                errors.push("log.store", format!("not a store URL: {s:?} (expected sqlite://PATH or postgres://…)"));
-                s
-            }
-            Err(var) => {
-                errors.push("log.store", format!("environment variable {var} is not set"));
-                String::new()
-            }
-        },
-        None => default_store(env),
-    };
     let positive = |v: Option<usize>, default: usize, key: &str, errors: &mut Errors| match v {
         Some(0) => {
             errors.push(format!("log.{key}"), "must be greater than 0");
@@ -120,7 +179,6 @@ pub(crate) fn resolve_log(raw: RawLog, env: &dyn crate::Env, errors: &mut Errors
     };
     LogConfig {
         enabled: raw.enabled.unwrap_or(true),
-        store,
         bodies,
         max_body_bytes: positive(raw.max_body_bytes, 64 * 1024, "max_body_bytes", errors),
         queue_bytes: positive(raw.queue_bytes, 64 << 20, "queue_bytes", errors),

@@ -17,7 +17,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub reliability: RawReliability,
     #[serde(default)]
+    pub store: crate::log::RawStore,
+    #[serde(default)]
     pub log: crate::log::RawLog,
+    #[serde(default)]
+    pub auth: crate::log::RawAuth,
     /// Prices per model (`"gpt-4o-mini"`) or per target (`"openai/gpt-4o-mini"`), USD per million tokens;
     /// they override keel's built-in table.
     #[serde(default)]

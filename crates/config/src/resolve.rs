@@ -16,7 +16,10 @@ pub struct Config {
     pub providers: BTreeMap<ProviderId, ProviderConfig>,
     /// Model aliases by the name clients send, in file order of their names.
     pub models: BTreeMap<String, ModelAlias>,
+    /// keel's database (request log, keys): `sqlite://…` or `postgres://…`.
+    pub store: String,
     pub log: crate::log::LogConfig,
+    pub auth: crate::log::AuthConfig,
     pub prices: BTreeMap<String, crate::log::Price>,
 }
 
@@ -268,10 +271,12 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
             m.context_fallback.extend(context_target);
         }
     }
-    let log = crate::log::resolve_log(raw.log, env, &mut errors);
+    let store = crate::log::resolve_store(raw.store, env, &mut errors);
+    let log = crate::log::resolve_log(raw.log, &mut errors);
+    let auth = crate::log::resolve_auth(raw.auth, env, &mut errors);
     let prices = crate::log::resolve_prices(raw.prices, &mut errors);
     if errors.0.is_empty() {
-        Ok(Config { server, providers, models, log, prices })
+        Ok(Config { server, providers, models, store, log, auth, prices })
     } else {
         Err(ConfigErrors(errors.0))
     }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use keel_pipeline::{GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
 use keel_types::anthropic::MessagesRequest;
 
+use crate::auth::{self, Principal};
 use crate::log::Outcome;
 use crate::openai::{failed, run, served_by, set_cost, set_served_by, unexpected};
 use crate::{ApiError, AppState, body, stream};
@@ -18,11 +19,14 @@ use crate::{ApiError, AppState, body, stream};
 pub(crate) async fn messages(
     State(app): State<AppState>,
     Extension(id): Extension<RequestId>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = InboundApi::Anthropic;
+    let principal = principal.map(|Extension(p)| p);
     let mut entry = app.inner.log.start(&id, api, "messages", &headers);
+    entry.principal(principal.as_ref());
     if let Ok(raw) = &body {
         entry.request(raw);
     }
@@ -36,6 +40,13 @@ pub(crate) async fn messages(
     let model = req.model.clone();
     let ctx = RequestContext::new(id.clone(), api, &model);
     entry.attach(&ctx, req.stream, None);
+    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), || auth::chat_input_tokens(&req)).await {
+        Ok(admitted) => entry.admitted(admitted),
+        Err(e) => {
+            entry.reject(&e);
+            return e.into_response_for(api);
+        }
+    }
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
     let served_by = served_by(&resp.ctx);
     let (mut out, cost) = match resp.result {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod anthropic;
+mod auth;
 mod body;
 mod error;
 mod log;
@@ -19,6 +20,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use keel_pipeline::{Breakers, Pipeline, RouteTable};
 
+pub use auth::{Auth, Principal};
 pub use error::ApiError;
 pub use log::RequestLog;
 pub use metrics::Metrics;
@@ -36,6 +38,8 @@ struct Inner {
     log: Arc<RequestLog>,
     /// The request log's store, for `GET /admin/requests`; none when logging is off.
     store: Option<Arc<dyn keel_store::Store>>,
+    /// Virtual keys and limits; none without a store.
+    auth: Option<Arc<Auth>>,
 }
 
 impl AppState {
@@ -50,7 +54,7 @@ impl AppState {
             metrics,
             routes.names(),
         );
-        Self::with_log(pipeline, routes, breakers, Arc::new(log), None)
+        Self::with_log(pipeline, routes, breakers, Arc::new(log), None, None)
     }
 
     /// State with a request log (and the store it writes to, for reading it back).
@@ -60,8 +64,9 @@ impl AppState {
         breakers: Breakers,
         log: Arc<RequestLog>,
         store: Option<Arc<dyn keel_store::Store>>,
+        auth: Option<Arc<Auth>>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { pipeline, routes, breakers, log, store }) }
+        Self { inner: Arc::new(Inner { pipeline, routes, breakers, log, store, auth }) }
     }
 }
 
@@ -83,9 +88,12 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/admin/circuits", get(circuits))
         .route("/admin/requests", get(admin::requests))
         .route("/metrics", get(admin::metrics))
+        .route("/admin/keys", get(auth::list_keys).post(auth::create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(auth::revoke_key))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }

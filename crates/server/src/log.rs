@@ -94,6 +94,7 @@ impl RequestLog {
             api,
             attempts: None,
             raw: Bytes::new(),
+            admitted: None,
         }
     }
 
@@ -178,6 +179,8 @@ pub(crate) struct Entry {
     /// The request body as received (reference-counted, not copied), for counting tokens a provider did not
     /// report.
     raw: Bytes,
+    /// A virtual key's reservation, settled with the real cost when the entry is finished.
+    admitted: Option<crate::auth::Admitted>,
 }
 
 /// How a non-streamed request ended. Response bodies are logged in keel's canonical shape (an OpenAI chat
@@ -209,6 +212,19 @@ impl Entry {
                 m.entry("user").or_insert_with(|| Value::String(user.to_string()));
             }
         }
+    }
+
+    /// The caller, when a key was checked.
+    pub(crate) fn principal(&mut self, p: Option<&crate::auth::Principal>) {
+        if let (Some(r), Some(crate::auth::Principal::Key(key))) = (self.record.as_mut(), p) {
+            r.key_id = Some(key.id.clone());
+            r.tenant = key.tenant.clone();
+        }
+    }
+
+    /// The key's reservation, to settle when the request ends.
+    pub(crate) fn admitted(&mut self, a: Option<crate::auth::Admitted>) {
+        self.admitted = a;
     }
 
     /// Refused before reaching the pipeline (unreadable body, invalid request).
@@ -345,6 +361,19 @@ impl Entry {
         r.ttft_ms = ttft;
         r.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
         self.observe(&r);
+        if let Some(a) = self.admitted.take() {
+            let (cost, tokens) = (r.cost_usd.unwrap_or(0.0), tokens.input + tokens.output);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        if let Err(e) = a.counters.settle(&a.reservation, cost, tokens).await {
+                            tracing::error!(error = %e, key = a.reservation.key_id, "settling a budget reservation failed");
+                        }
+                    });
+                }
+                Err(_) => tracing::error!(key = a.reservation.key_id, "no runtime to settle a budget reservation"),
+            }
+        }
         let cost = r.cost_usd;
         if let Some(w) = &self.log.writer {
             w.write_detached(r);

@@ -11,18 +11,23 @@ use keel_types::models::{ModelInfo, ModelList};
 use keel_types::{ChatRequest, EmbeddingInput, EmbeddingsRequest};
 use tower::ServiceExt;
 
+use crate::auth::{self, Principal};
 use crate::log::{Entry, Outcome, error_class};
 use crate::{ApiError, AppState, body, stream};
+use keel_pipeline::cost;
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(
     State(app): State<AppState>,
     Extension(id): Extension<RequestId>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = InboundApi::OpenAi;
+    let principal = principal.map(|Extension(p)| p);
     let mut entry = app.inner.log.start(&id, api, "chat", &headers);
+    entry.principal(principal.as_ref());
     if let Ok(raw) = &body {
         entry.request(raw);
     }
@@ -36,6 +41,13 @@ pub(crate) async fn chat(
     let wants_usage = req.include_usage();
     let ctx = RequestContext::new(id, api, &req.model);
     entry.attach(&ctx, req.stream, req.user.as_deref());
+    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), || auth::chat_input_tokens(&req)).await {
+        Ok(admitted) => entry.admitted(admitted),
+        Err(e) => {
+            entry.reject(&e);
+            return e.into_response_for(api);
+        }
+    }
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
     let served_by = served_by(&resp.ctx);
     let (mut out, cost) = match resp.result {
@@ -81,11 +93,14 @@ fn validate_chat(req: ChatRequest) -> Result<ChatRequest, ApiError> {
 pub(crate) async fn embeddings(
     State(app): State<AppState>,
     Extension(id): Extension<RequestId>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let api = InboundApi::OpenAi;
+    let principal = principal.map(|Extension(p)| p);
     let mut entry = app.inner.log.start(&id, api, "embeddings", &headers);
+    entry.principal(principal.as_ref());
     if let Ok(raw) = &body {
         entry.request(raw);
     }
@@ -98,6 +113,14 @@ pub(crate) async fn embeddings(
     };
     let ctx = RequestContext::new(id, api, &req.model);
     entry.attach(&ctx, false, req.user.as_deref());
+    let count = || cost::count_embeddings_input(&req.model, &req);
+    match auth::admit(&app, principal.as_ref(), &req.model, None, count).await {
+        Ok(admitted) => entry.admitted(admitted),
+        Err(e) => {
+            entry.reject(&e);
+            return e.into_response_for(api);
+        }
+    }
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Embeddings(req) }).await;
     let served_by = served_by(&resp.ctx);
     let (mut out, cost) = match resp.result {

@@ -3,6 +3,7 @@
 //! migrations are embedded and run when a store is opened. Writes from the request path go through
 //! [`LogWriter`]: a queue bounded in bytes, batched into transactions, with an explicit policy when full.
 
+mod keys;
 mod postgres;
 mod record;
 mod sql;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+pub use keys::KeyRecord;
 pub use postgres::PgStore;
 pub use record::{AttemptRow, Query, Record};
 pub use sqlite::SqliteStore;
@@ -39,6 +41,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes rows received before `ts_ms` (retention). Returns how many.
     fn purge_before(&self, ts_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Stores a new key. Fails if its id or hash exists.
+    fn create_key<'a>(&'a self, key: &'a KeyRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every key, newest first, revoked ones included.
+    fn list_keys(&self) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>>;
+
+    /// Marks a key revoked; false when there is no such key or it was already revoked.
+    fn revoke_key<'a>(&'a self, id: &'a str, at_ms: i64) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The key whose secret hashes to `hash`, revoked or not.
+    fn key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>;
+
+    /// What a key has spent since `since_ms`, from the request log.
+    fn spend_since<'a>(&'a self, key_id: &'a str, since_ms: i64) -> BoxFuture<'a, Result<f64, StoreError>>;
 
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;

@@ -7,6 +7,9 @@ pub(crate) const COLUMNS: &str = "id, ts_ms, key_id, tenant, api, endpoint, mode
      outcome, error_class, stream, attempts, ttft_ms, latency_ms, tokens_in, tokens_out, tokens_cached, cost_usd, \
      cache, request_body, response_body, metadata";
 
+pub(crate) const KEY_COLUMNS: &str = "id, name, hash, prefix, tenant, created_ms, revoked_ms, models, \
+     budget_daily_usd, budget_monthly_usd, rpm, tpm";
+
 pub(crate) fn to_i64(v: Option<u64>) -> Option<i64> {
     v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
@@ -17,6 +20,29 @@ pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
 
 macro_rules! store_impl {
     ($store:ty, $db:ty) => {
+        impl $store {
+            /// A `keys` row.
+            fn key_row(row: &<$db as sqlx::Database>::Row) -> Result<crate::KeyRecord, crate::StoreError> {
+                use sqlx::Row;
+                let models: String = row.try_get("models")?;
+                Ok(crate::KeyRecord {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    hash: row.try_get("hash")?,
+                    prefix: row.try_get("prefix")?,
+                    tenant: row.try_get("tenant")?,
+                    created_ms: row.try_get("created_ms")?,
+                    revoked_ms: row.try_get("revoked_ms")?,
+                    models: serde_json::from_str(&models)
+                        .map_err(|e| crate::StoreError::Invalid(format!("key models: {e}")))?,
+                    budget_daily_usd: row.try_get("budget_daily_usd")?,
+                    budget_monthly_usd: row.try_get("budget_monthly_usd")?,
+                    rpm: row.try_get::<Option<i64>, _>("rpm")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                    tpm: crate::sql::to_u64(row.try_get("tpm")?),
+                })
+            }
+        }
+
         impl crate::Store for $store {
             fn insert<'a>(
                 &'a self,
@@ -142,6 +168,95 @@ macro_rules! store_impl {
                     let done =
                         sqlx::query("DELETE FROM requests WHERE ts_ms < $1").bind(ts_ms).execute(&self.pool).await?;
                     Ok(done.rows_affected())
+                })
+            }
+
+            fn create_key<'a>(
+                &'a self,
+                k: &'a crate::KeyRecord,
+            ) -> futures::future::BoxFuture<'a, Result<(), crate::StoreError>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO keys (id, name, hash, prefix, tenant, created_ms, revoked_ms, models, \
+                         budget_daily_usd, budget_monthly_usd, rpm, tpm) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    )
+                    .bind(k.id.clone())
+                    .bind(k.name.clone())
+                    .bind(k.hash.clone())
+                    .bind(k.prefix.clone())
+                    .bind(k.tenant.clone())
+                    .bind(k.created_ms)
+                    .bind(k.revoked_ms)
+                    .bind(serde_json::to_string(&k.models).unwrap_or_else(|_| "[]".into()))
+                    .bind(k.budget_daily_usd)
+                    .bind(k.budget_monthly_usd)
+                    .bind(k.rpm.map(i64::from))
+                    .bind(crate::sql::to_i64(k.tpm))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                })
+            }
+
+            fn list_keys(&self) -> futures::future::BoxFuture<'_, Result<Vec<crate::KeyRecord>, crate::StoreError>> {
+                Box::pin(async move {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {} FROM keys ORDER BY created_ms DESC, id",
+                        crate::sql::KEY_COLUMNS
+                    )))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(Self::key_row).collect()
+                })
+            }
+
+            fn revoke_key<'a>(
+                &'a self,
+                id: &'a str,
+                at_ms: i64,
+            ) -> futures::future::BoxFuture<'a, Result<bool, crate::StoreError>> {
+                Box::pin(async move {
+                    let done = sqlx::query("UPDATE keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
+                        .bind(at_ms)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            }
+
+            fn key_by_hash<'a>(
+                &'a self,
+                hash: &'a str,
+            ) -> futures::future::BoxFuture<'a, Result<Option<crate::KeyRecord>, crate::StoreError>> {
+                Box::pin(async move {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {} FROM keys WHERE hash = $1",
+                        crate::sql::KEY_COLUMNS
+                    )))
+                    .bind(hash.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    row.as_ref().map(Self::key_row).transpose()
+                })
+            }
+
+            fn spend_since<'a>(
+                &'a self,
+                key_id: &'a str,
+                since_ms: i64,
+            ) -> futures::future::BoxFuture<'a, Result<f64, crate::StoreError>> {
+                Box::pin(async move {
+                    use sqlx::Row;
+                    let row = sqlx::query(
+                        "SELECT COALESCE(SUM(cost_usd), 0.0) AS spent FROM requests WHERE key_id = $1 AND ts_ms >= $2",
+                    )
+                    .bind(key_id.to_string())
+                    .bind(since_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(row.try_get::<f64, _>("spent")?)
                 })
             }
 

@@ -6,7 +6,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use keel_store::{AttemptRow, LogWriter, OnFull, PgStore, Query, Record, SqliteStore, Store, WriterConfig};
+use keel_store::{AttemptRow, KeyRecord, LogWriter, OnFull, PgStore, Query, Record, SqliteStore, Store, WriterConfig};
 
 fn record(i: usize, ts_ms: i64) -> Record {
     Record {
@@ -100,10 +100,51 @@ async fn battery(store: Arc<dyn Store>) {
     let q = Query { outcome: Some("error".into()), limit: Some(10_000), ..Query::default() };
     assert_eq!(store.query(&q).await.unwrap().len(), 240);
 
+    // Spend per key comes from the log.
+    let spent = store.spend_since("key-even", base + 1000).await.unwrap();
+    let want: f64 = rows
+        .iter()
+        .filter(|r| r.key_id.as_deref() == Some("key-even") && r.ts_ms >= base + 1000)
+        .filter_map(|r| r.cost_usd)
+        .sum();
+    assert!((spent - want).abs() < 1e-9, "{spent} vs {want}");
+    assert_eq!(store.spend_since("nobody", 0).await.unwrap(), 0.0);
+
+    keys(&*store).await;
+
     assert_eq!(store.purge_before(base + 1000).await.unwrap(), 1000);
     let left = store.query(&Query { limit: Some(10_000), ..Query::default() }).await.unwrap();
     assert_eq!(left.len(), 200);
     assert!(left.iter().all(|r| r.ts_ms >= base + 1000));
+}
+
+async fn keys(store: &dyn Store) {
+    let key = |id: &str, hash: &str, created_ms: i64| KeyRecord {
+        id: id.into(),
+        name: format!("{id} name"),
+        hash: hash.into(),
+        prefix: "sk-keel-abcd".into(),
+        tenant: Some("acme".into()),
+        created_ms,
+        revoked_ms: None,
+        models: vec!["fast".into(), "smart".into()],
+        budget_daily_usd: Some(1.5),
+        budget_monthly_usd: None,
+        rpm: Some(60),
+        tpm: Some(100_000),
+    };
+    let a = key("key_a", "hash-a", 1);
+    let b = key("key_b", "hash-b", 2);
+    store.create_key(&a).await.unwrap();
+    store.create_key(&b).await.unwrap();
+    assert!(store.create_key(&key("key_c", "hash-a", 3)).await.is_err(), "a hash is unique");
+    assert_eq!(store.list_keys().await.unwrap(), vec![b.clone(), a.clone()]);
+    assert_eq!(store.key_by_hash("hash-a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.key_by_hash("nope").await.unwrap(), None);
+    assert!(store.revoke_key("key_a", 99).await.unwrap());
+    assert!(!store.revoke_key("key_a", 100).await.unwrap(), "already revoked");
+    assert!(!store.revoke_key("nope", 100).await.unwrap());
+    assert_eq!(store.key_by_hash("hash-a").await.unwrap().unwrap().revoked_ms, Some(99));
 }
 
 async fn writer_battery(store: Arc<dyn Store>) {
@@ -190,6 +231,35 @@ async fn drop_bodies_keeps_every_row_and_counts_the_drops() {
         }
         fn purge_before(&self, ts: i64) -> futures::future::BoxFuture<'_, Result<u64, keel_store::StoreError>> {
             self.inner.purge_before(ts)
+        }
+        fn create_key<'a>(
+            &'a self,
+            k: &'a KeyRecord,
+        ) -> futures::future::BoxFuture<'a, Result<(), keel_store::StoreError>> {
+            self.inner.create_key(k)
+        }
+        fn list_keys(&self) -> futures::future::BoxFuture<'_, Result<Vec<KeyRecord>, keel_store::StoreError>> {
+            self.inner.list_keys()
+        }
+        fn revoke_key<'a>(
+            &'a self,
+            id: &'a str,
+            at: i64,
+        ) -> futures::future::BoxFuture<'a, Result<bool, keel_store::StoreError>> {
+            self.inner.revoke_key(id, at)
+        }
+        fn key_by_hash<'a>(
+            &'a self,
+            h: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Option<KeyRecord>, keel_store::StoreError>> {
+            self.inner.key_by_hash(h)
+        }
+        fn spend_since<'a>(
+            &'a self,
+            k: &'a str,
+            t: i64,
+        ) -> futures::future::BoxFuture<'a, Result<f64, keel_store::StoreError>> {
+            self.inner.spend_since(k, t)
         }
         fn backend(&self) -> &'static str {
             "gate"

@@ -1,0 +1,158 @@
+//! Virtual key secrets: generated from the OS's CSPRNG, stored as their SHA-256 (a 190-bit random secret needs
+//! no slow hash), verified through a short-lived cache so that the request path does not query the store for
+//! every request. A key revoked through this process is refused at once; revoked elsewhere (the CLI, another
+//! instance), within the cache's lifetime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_store::{KeyRecord, Store};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::LimitsError;
+
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A new secret: `sk-keel-` and 32 base-62 characters.
+pub fn generate_secret() -> String {
+    let mut rng = rand::rngs::OsRng;
+    let body: String = (0..32).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
+    format!("sk-keel-{body}")
+}
+
+/// Hex SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a new key may do.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub budget_daily_usd: Option<f64>,
+    #[serde(default)]
+    pub budget_monthly_usd: Option<f64>,
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+}
+
+impl NewKey {
+    /// Why this key cannot be created, if it cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        for (field, v) in [("budget_daily_usd", self.budget_daily_usd), ("budget_monthly_usd", self.budget_monthly_usd)]
+        {
+            if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(format!("{field}: must be a non-negative number of US dollars"));
+            }
+        }
+        if self.rpm == Some(0) || self.tpm == Some(0) {
+            return Err("rpm, tpm: must be greater than 0 (leave unset for no limit)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Verifies secrets against the store, with a cache.
+pub struct Keys {
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+}
+
+impl Keys {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        Self { store, ttl, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Creates a key; returns it and its secret (shown once, never stored).
+    pub async fn create(&self, new: NewKey) -> Result<(KeyRecord, String), LimitsError> {
+        let secret = generate_secret();
+        let id = format!("key_{}", &hash_secret(&generate_secret())[..16]);
+        let key = KeyRecord {
+            id,
+            name: new.name,
+            hash: hash_secret(&secret),
+            prefix: secret[..12].to_string(),
+            tenant: new.tenant,
+            created_ms: keel_store::now_ms(),
+            revoked_ms: None,
+            models: new.models,
+            budget_daily_usd: new.budget_daily_usd,
+            budget_monthly_usd: new.budget_monthly_usd,
+            rpm: new.rpm,
+            tpm: new.tpm,
+        };
+        self.store.create_key(&key).await?;
+        Ok((key, secret))
+    }
+
+    /// Revokes a key; this process refuses it from now on.
+    pub async fn revoke(&self, id: &str) -> Result<bool, LimitsError> {
+        let done = self.store.revoke_key(id, keel_store::now_ms()).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, (k, _)| k.id != id);
+        }
+        Ok(done)
+    }
+
+    /// The live (not revoked) key a secret belongs to.
+    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyRecord>>, LimitsError> {
+        let hash = hash_secret(secret);
+        if let Ok(cache) = self.cache.lock()
+            && let Some((key, at)) = cache.get(&hash)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(key.clone()).filter(|k| k.revoked_ms.is_none()));
+        }
+        let Some(key) = self.store.key_by_hash(&hash).await? else { return Ok(None) };
+        let key = Arc::new(key);
+        if let Ok(mut cache) = self.cache.lock() {
+            // Bounded: a flood of distinct valid keys cannot grow it without limit.
+            if cache.len() >= 100_000 {
+                cache.clear();
+            }
+            cache.insert(hash, (key.clone(), Instant::now()));
+        }
+        Ok(Some(key).filter(|k| k.revoked_ms.is_none()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_hashed_stably() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert_ne!(a, b);
+        assert!(a.starts_with("sk-keel-") && a.len() == 40);
+        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn new_keys_are_validated() {
+        assert!(NewKey { name: "ok".into(), ..NewKey::default() }.validate().is_ok());
+        assert!(NewKey::default().validate().is_err());
+        assert!(NewKey { name: "x".into(), budget_daily_usd: Some(-1.0), ..NewKey::default() }.validate().is_err());
+        assert!(NewKey { name: "x".into(), rpm: Some(0), ..NewKey::default() }.validate().is_err());
+    }
+}

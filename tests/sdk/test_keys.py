@@ -1,0 +1,154 @@
+"""Virtual keys through the official SDKs: keys made with the admin API, refused when missing, unknown, revoked
+or outside their models (in each API's own error format), and a daily budget that 16 concurrent clients cannot
+overspend by more than one request's cost."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import anthropic
+import openai
+import pytest
+
+import conftest
+from conftest import _PROCESSES, _Process, _binary, _free_port
+from upstream import CLAUDE, GPT
+
+try:
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef]
+
+ADMIN_KEY = "admin-secret-for-tests"
+
+
+@pytest.fixture(scope="module")
+def secured(_servers, tmp_path_factory):
+    """A keel with `[auth] enabled`, in front of the session's mock upstream."""
+    mock, _ = _servers
+    work = tmp_path_factory.mktemp("keel-auth")
+    config = work / "keel.toml"
+    conftest._write_config(config, mock.url)
+    text = config.read_text().replace("[log]", "[auth]\nenabled = true\n\n[log]")
+    config.write_text(text)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["MOCK_KEY"] = conftest.UPSTREAM_KEY
+    env["KEEL_ADMIN_KEY"] = ADMIN_KEY
+    p = _Process("keel-auth", [str(_binary("KEEL_BIN", "keel")), "serve", "--config", str(config), "--listen",
+                               f"127.0.0.1:{port}"], work, env=env)
+    _PROCESSES.append(p)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if p.proc.poll() is not None:
+            pytest.fail(f"keel did not start.\n{p.died()}", pytrace=False)
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"keel did not start.\n{p.log_text()}", pytrace=False)
+        time.sleep(0.1)
+    with httpx.Client(base_url=url, timeout=30, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        yield url, admin
+
+
+def new_key(admin, **fields) -> dict:
+    resp = admin.post("/admin/keys", json={"name": "test", **fields})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def test_keys_are_required_and_checked_in_each_apis_format(secured, mock):
+    url, admin = secured
+    assert httpx.get(f"{url}/health").status_code == 200, "public path"
+    missing = httpx.post(f"{url}/v1/chat/completions", json={"model": GPT.alias, "messages": []})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-keel-not-a-real-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as exc:
+        client.chat.completions.create(model=GPT.alias, messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.code == "invalid_api_key"
+    anth = anthropic.Anthropic(base_url=url, api_key="sk-keel-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as exc:
+        anth.messages.create(model=CLAUDE.alias, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.body["error"]["type"] == "authentication_error"
+    assert mock.attempts() == [], "nothing reached the upstream"
+    # The refusals are logged.
+    rows = admin.get("/admin/requests", params={"status": 401}).json()["data"]
+    assert len(rows) >= 3 and all(r["outcome"] == "rejected" for r in rows)
+
+
+def test_a_key_works_in_both_sdks_and_is_logged_then_revoked(secured, mock):
+    url, admin = secured
+    key = new_key(admin, models=[GPT.alias, CLAUDE.alias], tenant="acme")
+    assert key["key"].startswith("sk-keel-") and "hash" not in key
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key["key"], max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model=GPT.alias, messages=[{"role": "user", "content": "hi"}])
+    rid = raw.headers["x-request-id"]
+    anth = anthropic.Anthropic(base_url=url, api_key=key["key"], max_retries=0)
+    assert anth.messages.create(model=CLAUDE.alias, max_tokens=20, messages=[{"role": "user", "content": "hi"}]).content
+    deadline = time.monotonic() + 10
+    while not (rows := admin.get("/admin/requests", params={"id": rid}).json()["data"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (rows[0]["key_id"], rows[0]["tenant"]) == (key["id"], "acme")
+    listed = admin.get("/admin/keys").json()["data"]
+    assert any(k["id"] == key["id"] and k["revoked_ms"] is None for k in listed)
+    assert all("hash" not in k and "key" not in k for k in listed)
+
+    # A model outside the key's list: 403 in the API's format.
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        client.embeddings.create(model="embed-test", input="x")
+    assert exc.value.code == "model_not_allowed"
+
+    # Revoked: refused from the next request on.
+    assert admin.delete(f"/admin/keys/{key['id']}").json() == {"id": key["id"], "revoked": True}
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=GPT.alias, messages=[{"role": "user", "content": "hi"}])
+    assert admin.delete(f"/admin/keys/{key['id']}").status_code == 404
+    # A virtual key cannot use the admin API.
+    other = new_key(admin)
+    resp = httpx.get(f"{url}/admin/keys", headers={"authorization": f"Bearer {other['key']}"})
+    assert resp.status_code == 403
+
+
+def test_bad_key_definitions_are_refused(secured, mock):
+    _, admin = secured
+    for body in ({"name": ""}, {"name": "x", "budget_daily_usd": -1}, {"name": "x", "rpm": 0}, {"name": "x", "colour": 1}):
+        resp = admin.post("/admin/keys", json=body)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_sixteen_concurrent_clients_cannot_overspend_a_daily_budget(secured, mock):
+    url, admin = secured
+    budget = 0.002
+    key = new_key(admin, budget_daily_usd=budget)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key["key"], max_retries=0, timeout=30)
+    costs: list[float] = []
+
+    def worker() -> int:
+        refused = 0
+        while True:
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=GPT.alias, max_tokens=16, messages=[{"role": "user", "content": "Say hello to the world"}])
+                costs.append(float(raw.headers["x-keel-cost-usd"]))
+            except openai.RateLimitError as e:
+                assert e.code == "budget_exceeded"
+                assert int(e.response.headers["retry-after"]) > 0
+                refused += 1
+                if refused >= 3:
+                    return len(costs)
+                time.sleep(0.05)  # let in-flight reservations settle, then try again
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: worker(), range(16)))
+    spent = sum(costs)
+    one = max(costs)
+    assert spent <= budget + one, f"spent {spent} against {budget}"
+    assert spent >= budget / 2, f"only {spent} of {budget} was admitted"
