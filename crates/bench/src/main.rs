@@ -34,6 +34,9 @@ struct Args {
     /// A label printed with the results.
     #[arg(long, default_value = "")]
     label: String,
+    /// Sent as `Authorization: Bearer KEY` (a virtual key).
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 struct Sample {
@@ -50,7 +53,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+    }
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).default_headers(headers).build()?;
     let body = serde_json::json!({
         "model": args.model,
         "stream": args.stream,
