@@ -157,9 +157,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if let Some(addr) = listen {
                 cfg.server.listen = addr;
             }
-            init_tracing(cfg.server.log_format);
+            let traces = init_tracing(cfg.server.log_format, &cfg.telemetry)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(cfg))?;
+            let served = runtime.block_on(serve(cfg));
+            if let Some(provider) = traces
+                && let Err(e) = provider.shutdown()
+            {
+                tracing::warn!(error = %e, "flushing traces at shutdown failed");
+            }
+            served?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Config { command: ConfigCommand::Check { file } } => match keel_config::load(&file, &ProcessEnv) {
@@ -390,14 +396,51 @@ async fn local_provider(cfg: &Config, p: &keel_config::ProviderConfig) -> anyhow
     Ok(local)
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr (text or JSON lines) and, when `[telemetry] otlp_endpoint` is set, exports a span per request
+/// over OTLP/HTTP (batched, on the SDK's own thread). The returned provider flushes on shutdown.
+fn init_tracing(
+    format: LogFormat,
+    telemetry: &keel_config::TelemetryConfig,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let (json, text) = match format {
+        LogFormat::Json => (Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)), None),
+        LogFormat::Text => (None, Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))),
+    };
+    let provider = match &telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{endpoint}/v1/traces"))
+                .build()
+                .context("building the OTLP span exporter")?;
+            let resource =
+                opentelemetry_sdk::Resource::builder().with_service_name(telemetry.service_name.clone()).build();
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        // Only keel's request spans go to the collector, whatever RUST_LOG says about logs.
+        let spans = tracing_subscriber::filter::Targets::new().with_target("keel_server", tracing::Level::INFO);
+        tracing_subscriber::Layer::with_filter(tracing_opentelemetry::layer().with_tracer(p.tracer("keel")), spans)
+    });
+    tracing_subscriber::registry().with(filter).with(json).with(text).with(otel).init();
+    if provider.is_some() {
+        keel_server::enable_request_spans();
     }
+    Ok(provider)
 }
 
 /// Resolves on SIGTERM or Ctrl-C: the server then stops accepting and finishes in-flight requests.

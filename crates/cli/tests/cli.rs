@@ -216,3 +216,57 @@ fn keel_keys_creates_lists_and_revokes() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("rpm"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With `[telemetry] otlp_endpoint`, each request becomes a span exported over OTLP/HTTP (protobuf) to
+/// `/v1/traces`; a stand-in collector records what arrives. SIGTERM flushes the batch.
+#[tokio::test]
+async fn requests_are_exported_as_otlp_spans() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.enqueue(Reply::text("traced answer"));
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector_url = format!("http://{}", collector.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for conn in collector.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ =
+                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+            let _ = tx.send((request_line, body));
+        }
+    });
+    let extra = format!(
+        "[telemetry]\notlp_endpoint = \"{collector_url}\"\nservice_name = \"keel-under-test\"\n[log]\nenabled = false\n"
+    );
+    let (mut child, port) = start_keel(&mock, &extra);
+    let answer = tokio::task::spawn_blocking(move || stream_request(port)).await.unwrap();
+    assert!(answer.contains("[DONE]"), "{answer}");
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .map(|v| v.trim().to_string())
+        .expect("x-request-id");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let (line, body) = rx.recv_timeout(Duration::from_secs(30)).expect("no export reached the collector");
+    assert!(line.starts_with("POST /v1/traces "), "{line}");
+    let has = |needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("keel-under-test"), "the service name is in the resource");
+    assert!(has(&id), "the request span carries the request id");
+    assert!(has("POST /v1/chat/completions") && has("gen_ai.request.model"), "span name and attributes");
+}

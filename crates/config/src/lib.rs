@@ -10,7 +10,7 @@ mod resolve;
 
 use std::path::Path;
 
-pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, default_store};
+pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, default_store};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
     Config, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,

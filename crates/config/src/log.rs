@@ -204,3 +204,33 @@ pub(crate) fn resolve_prices(raw: BTreeMap<String, RawPrice>, errors: &mut Error
     }
     out
 }
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+}
+
+/// OpenTelemetry trace export (off unless an endpoint is set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); spans go to `/v1/traces` under it.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+pub(crate) fn resolve_telemetry(raw: RawTelemetry, env: &dyn crate::Env, errors: &mut Errors) -> TelemetryConfig {
+    let otlp_endpoint = raw.otlp_endpoint.and_then(|e| match crate::resolve::expand_env(&e, env) {
+        Ok(e) if e.starts_with("http://") || e.starts_with("https://") => Some(e.trim_end_matches('/').to_string()),
+        Ok(e) => {
+            errors.push("telemetry.otlp_endpoint", format!("not an http(s) URL: {e:?}"));
+            None
+        }
+        Err(var) => {
+            errors.push("telemetry.otlp_endpoint", format!("environment variable {var} is not set"));
+            None
+        }
+    });
+    TelemetryConfig { otlp_endpoint, service_name: raw.service_name.unwrap_or_else(|| "keel".into()) }
+}

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub log: crate::log::RawLog,
     #[serde(default)]
     pub auth: crate::log::RawAuth,
+    #[serde(default)]
+    pub telemetry: crate::log::RawTelemetry,
     /// Prices per model (`"gpt-4o-mini"`) or per target (`"openai/gpt-4o-mini"`), USD per million tokens;
     /// they override keel's built-in table.
     #[serde(default)]

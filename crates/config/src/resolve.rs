@@ -20,6 +20,7 @@ pub struct Config {
     pub store: String,
     pub log: crate::log::LogConfig,
     pub auth: crate::log::AuthConfig,
+    pub telemetry: crate::log::TelemetryConfig,
     pub prices: BTreeMap<String, crate::log::Price>,
 }
 
@@ -274,9 +275,10 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
     let store = crate::log::resolve_store(raw.store, env, &mut errors);
     let log = crate::log::resolve_log(raw.log, &mut errors);
     let auth = crate::log::resolve_auth(raw.auth, env, &mut errors);
+    let telemetry = crate::log::resolve_telemetry(raw.telemetry, env, &mut errors);
     let prices = crate::log::resolve_prices(raw.prices, &mut errors);
     if errors.0.is_empty() {
-        Ok(Config { server, providers, models, store, log, auth, prices })
+        Ok(Config { server, providers, models, store, log, auth, telemetry, prices })
     } else {
         Err(ConfigErrors(errors.0))
     }

@@ -89,7 +89,7 @@ fn unknown_keys_and_bad_types_are_rejected() {
     check_err(
         "[sever]\n",
         expect![
-            "at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `prices`"
+            "at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`"
         ],
     );
 }

@@ -24,6 +24,7 @@ pub use auth::{Auth, Principal};
 pub use error::ApiError;
 pub use log::RequestLog;
 pub use metrics::Metrics;
+pub use request_id::enable_request_spans;
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -205,6 +205,7 @@ impl Entry {
     /// The request was parsed: its model, whether it streams, its context's attempts.
     pub(crate) fn attach(&mut self, ctx: &RequestContext, stream: bool, user: Option<&str>) {
         self.attempts = Some(ctx.attempts.clone());
+        tracing::Span::current().record("gen_ai.request.model", ctx.requested_model.as_str());
         if let Some(r) = self.record.as_mut() {
             r.model_requested = Some(ctx.requested_model.clone());
             r.stream = stream;

@@ -1,6 +1,12 @@
-//! `x-request-id` on every response: the client's own when it sent a sane one, a fresh UUIDv7 otherwise.
+//! `x-request-id` on every response: the client's own when it sent a sane one, a fresh UUIDv7 otherwise. When
+//! traces are exported, each request also gets a `request` span (OpenTelemetry's HTTP server conventions plus
+//! keel's own attributes); without an exporter no span is created, so the request path pays nothing for it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -9,6 +15,13 @@ use axum::response::Response;
 use keel_pipeline::RequestId;
 
 pub(crate) const HEADER: &str = "x-request-id";
+
+static SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Turns on the per-request span (call once, when a trace exporter is installed).
+pub fn enable_request_spans() {
+    SPANS.store(true, Ordering::Relaxed);
+}
 
 pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
     let id = req
@@ -19,8 +32,33 @@ pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let header = HeaderValue::from_str(&id).ok();
+    let span = if SPANS.load(Ordering::Relaxed) {
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        tracing::info_span!(
+            "request",
+            "otel.name" = %format!("{method} {path}"),
+            "otel.kind" = "server",
+            "http.request.method" = %method,
+            "url.path" = %path,
+            "keel.request_id" = %id,
+            "gen_ai.request.model" = Empty,
+            "keel.served_by" = Empty,
+            "keel.attempts" = Empty,
+            "http.response.status_code" = Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
     req.extensions_mut().insert(RequestId(Arc::from(id)));
-    let mut resp = next.run(req).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    if !span.is_none() {
+        span.record("http.response.status_code", resp.status().as_u16());
+        for (header, field) in [("x-keel-served-by", "keel.served_by"), ("x-keel-attempts", "keel.attempts")] {
+            if let Some(v) = resp.headers().get(header).and_then(|v| v.to_str().ok()) {
+                span.record(field, v);
+            }
+        }
+    }
     if let Some(h) = header {
         resp.headers_mut().insert(HEADER, h);
     }
