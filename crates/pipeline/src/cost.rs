@@ -145,6 +145,42 @@ pub fn count_chat_prompt(model: &str, req: &ChatRequest) -> u64 {
     n
 }
 
+/// An upper bound of a chat request's prompt tokens without tokenizing: a byte-level BPE token covers at least
+/// one byte, so a text has at most as many tokens as UTF-8 bytes. Cheap enough for every request; budgets use it
+/// first and count exactly only when it is not good enough.
+pub fn chat_prompt_upper_bound(req: &ChatRequest) -> u64 {
+    let mut n = 3u64;
+    for m in &req.messages {
+        n += 3;
+        match &m.content {
+            Some(Content::Text(t)) => n += t.len() as u64,
+            Some(Content::Parts(parts)) => {
+                for p in parts {
+                    n += p.text.as_deref().map_or(85, |t| t.len() as u64);
+                }
+            }
+            None => {}
+        }
+        if let Some(calls) = &m.tool_calls {
+            n += serde_json::to_string(calls).map_or(0, |j| j.len() as u64);
+        }
+    }
+    if let Some(tools) = &req.tools {
+        n += serde_json::to_string(tools).map_or(0, |j| j.len() as u64);
+    }
+    n
+}
+
+/// An upper bound of an embeddings request's input tokens (see [`chat_prompt_upper_bound`]).
+pub fn embeddings_input_upper_bound(req: &EmbeddingsRequest) -> u64 {
+    match &req.input {
+        EmbeddingInput::One(s) => s.len() as u64,
+        EmbeddingInput::Many(v) => v.iter().map(|s| s.len() as u64).sum(),
+        EmbeddingInput::Tokens(t) => t.len() as u64,
+        EmbeddingInput::ManyTokens(v) => v.iter().map(|t| t.len() as u64).sum(),
+    }
+}
+
 /// Input tokens of an embeddings request.
 pub fn count_embeddings_input(model: &str, req: &EmbeddingsRequest) -> u64 {
     match &req.input {
@@ -206,6 +242,21 @@ mod tests {
         // 600k fresh at 2.5 + 400k cached at 1.25 + 500k out at 10.
         let c = p.cost(&ProviderId::from("openai"), "gpt-4o", t).unwrap();
         assert!((c - (1.5 + 0.5 + 5.0)).abs() < 1e-9, "{c}");
+    }
+
+    #[test]
+    fn the_cheap_bound_is_never_below_the_count() {
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Привет, как дела? 東京の天気は？ emoji 🎉🎉 and plain words"}
+            ]
+        }))
+        .unwrap();
+        for model in ["gpt-4o", "gpt-4"] {
+            assert!(chat_prompt_upper_bound(&req) >= count_chat_prompt(model, &req));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::auth::{self, Principal};
 use crate::log::Outcome;
 use crate::openai::{failed, run, served_by, set_cost, set_served_by, unexpected};
 use crate::{ApiError, AppState, body, stream};
+use keel_pipeline::cost;
 
 /// `POST /v1/messages`.
 pub(crate) async fn messages(
@@ -40,7 +41,11 @@ pub(crate) async fn messages(
     let model = req.model.clone();
     let ctx = RequestContext::new(id.clone(), api, &model);
     entry.attach(&ctx, req.stream, None);
-    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), || auth::chat_input_tokens(&req)).await {
+    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), cost::chat_prompt_upper_bound(&req), || {
+        auth::chat_input_tokens(&req)
+    })
+    .await
+    {
         Ok(admitted) => entry.admitted(admitted),
         Err(e) => {
             entry.reject(&e);

@@ -136,6 +136,7 @@ pub(crate) async fn admit(
     principal: Option<&Principal>,
     model: &str,
     chat: Option<&ChatRequest>,
+    input_bound: u64,
     input_tokens: impl FnOnce() -> u64,
 ) -> Result<Option<Admitted>, ApiError> {
     let (Some(auth), Some(Principal::Key(key))) = (&app.inner.auth, principal) else { return Ok(None) };
@@ -147,13 +148,26 @@ pub(crate) async fn admit(
             format!("this key may not use model `{model}` (allowed: {})", key.models.join(", ")),
         ));
     }
-    let estimate = if key.budget_daily_usd.is_some() || key.budget_monthly_usd.is_some() {
-        let output = chat.and_then(ChatRequest::max_output_tokens).unwrap_or(auth.default_output_tokens);
-        worst_case_cost(&app.inner.routes, &auth.prices, model, input_tokens(), u64::from(output))
-    } else {
-        0.0
+    // Budgets reserve with the cheap upper bound of the prompt's tokens first; only a refusal is re-checked
+    // with the exact count (tokenizing every request would cost more than the rest of admission).
+    let budgeted = key.budget_daily_usd.is_some() || key.budget_monthly_usd.is_some();
+    let output = u64::from(chat.and_then(ChatRequest::max_output_tokens).unwrap_or(auth.default_output_tokens));
+    let cost_of = |input: u64| {
+        if budgeted { worst_case_cost(&app.inner.routes, &auth.prices, model, input, output) } else { 0.0 }
     };
-    match auth.counters.admit(key, estimate, keel_store::now_ms()).await {
+    let bound = cost_of(input_bound);
+    let now = keel_store::now_ms();
+    let mut decision = auth.counters.admit(key, bound, now).await;
+    if let Ok(Admission::Denied { reason, .. }) = &decision
+        && budgeted
+        && reason.contains("budget")
+    {
+        let exact = cost_of(input_tokens());
+        if exact < bound {
+            decision = auth.counters.admit(key, exact, now).await;
+        }
+    }
+    match decision {
         Ok(Admission::Admitted(reservation)) => Ok(Some(Admitted { reservation, counters: auth.counters.clone() })),
         Ok(Admission::Denied { reason, retry_after }) => {
             let code = if reason.contains("budget") { "budget_exceeded" } else { "rate_limit_exceeded" };

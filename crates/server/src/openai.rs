@@ -41,7 +41,11 @@ pub(crate) async fn chat(
     let wants_usage = req.include_usage();
     let ctx = RequestContext::new(id, api, &req.model);
     entry.attach(&ctx, req.stream, req.user.as_deref());
-    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), || auth::chat_input_tokens(&req)).await {
+    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), cost::chat_prompt_upper_bound(&req), || {
+        auth::chat_input_tokens(&req)
+    })
+    .await
+    {
         Ok(admitted) => entry.admitted(admitted),
         Err(e) => {
             entry.reject(&e);
@@ -114,7 +118,8 @@ pub(crate) async fn embeddings(
     let ctx = RequestContext::new(id, api, &req.model);
     entry.attach(&ctx, false, req.user.as_deref());
     let count = || cost::count_embeddings_input(&req.model, &req);
-    match auth::admit(&app, principal.as_ref(), &req.model, None, count).await {
+    match auth::admit(&app, principal.as_ref(), &req.model, None, cost::embeddings_input_upper_bound(&req), count).await
+    {
         Ok(admitted) => entry.admitted(admitted),
         Err(e) => {
             entry.reject(&e);
