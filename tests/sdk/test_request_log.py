@@ -120,11 +120,13 @@ def test_streams_are_logged_with_time_to_first_token_for_both_apis(oai, anth, ht
 
 def test_filters_and_metrics_agree_with_the_log(oai, http, mock):
     oai.chat.completions.create(model=GPT.alias, messages=[{"role": "user", "content": "priced"}])
-    for _ in range(3):
-        oai.embeddings.create(model="embed-test", input=["one", "two"])
-    found = rows(http, model="embed-test", outcome="ok", limit=3)
-    assert len(found) == 3 and all(r["endpoint"] == "embeddings" and r["tokens_in"] > 0 for r in found)
+    ids = [oai.embeddings.with_raw_response.create(model="embed-test", input=["one", "two"]).headers["x-request-id"]
+           for _ in range(3)]
+    found = [row_of(http, rid) for rid in ids]  # rows are written asynchronously: wait for each
+    assert all(r["endpoint"] == "embeddings" and r["tokens_in"] > 0 for r in found)
     assert all(r["tokens_in"] == found[0]["tokens_in"] for r in found)
+    listed = rows(http, model="embed-test", outcome="ok", limit=3)
+    assert len(listed) == 3 and all(r["model_requested"] == "embed-test" for r in listed), "filters and limit"
     metrics = http.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("application/openmetrics-text")
