@@ -78,8 +78,11 @@ def test_keys_are_required_and_checked_in_each_apis_format(secured, mock):
     assert exc.value.body["error"]["type"] == "authentication_error"
     assert mock.attempts() == [], "nothing reached the upstream"
     # The refusals are logged.
-    rows = admin.get("/admin/requests", params={"status": 401}).json()["data"]
-    assert len(rows) >= 3 and all(r["outcome"] == "rejected" for r in rows)
+    deadline = time.monotonic() + 10  # rows are written asynchronously
+    while len(rows := admin.get("/admin/requests", params={"status": 401}).json()["data"]) < 3:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+    assert all(r["outcome"] == "rejected" for r in rows)
 
 
 def test_a_key_works_in_both_sdks_and_is_logged_then_revoked(secured, mock):
