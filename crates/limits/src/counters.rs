@@ -44,6 +44,18 @@ pub struct Reservation {
     pub counts_tokens: bool,
 }
 
+impl Reservation {
+    fn new(key: &KeyRecord, windows: Vec<Window>, estimate_nano: i64, minute: i64) -> Self {
+        Self {
+            key_id: key.id.clone(),
+            windows: windows.into_iter().map(|w| w.id).collect(),
+            estimate_nano,
+            minute,
+            counts_tokens: key.tpm.is_some(),
+        }
+    }
+}
+
 /// One budget window to check at admission.
 #[derive(Debug, Clone)]
 struct Window {
@@ -133,17 +145,11 @@ impl Counters for LocalCounters {
             }
             st.rates.retain(|(_, minute), _| *minute >= p.minute - 1);
             let rate = st.rates.get(&(key.id.clone(), p.minute)).copied().unwrap_or((0, 0));
-            if let Some(rpm) = key.rpm
-                && rate.0 >= u64::from(rpm)
-            {
-                let reason = format!("rate limit: {rpm} requests per minute");
-                return Ok(Admission::Denied { reason, retry_after: retry_after(now_ms, p.minute_end_ms) });
+            if key.rpm.is_some_and(|rpm| rate.0 >= u64::from(rpm)) {
+                return Ok(rate_denied("rpm", key, now_ms, &p));
             }
-            if let Some(tpm) = key.tpm
-                && rate.1 >= tpm
-            {
-                let reason = format!("rate limit: {tpm} tokens per minute");
-                return Ok(Admission::Denied { reason, retry_after: retry_after(now_ms, p.minute_end_ms) });
+            if key.tpm.is_some_and(|tpm| rate.1 >= tpm) {
+                return Ok(rate_denied("tpm", key, now_ms, &p));
             }
             for w in &wins {
                 let (spent, reserved) = st.budgets.get(&(key.id.clone(), w.id.clone())).copied().unwrap_or((0, 0));
@@ -160,13 +166,7 @@ impl Counters for LocalCounters {
                 }
             }
             st.rates.entry((key.id.clone(), p.minute)).or_default().0 += 1;
-            Ok(Admission::Admitted(Reservation {
-                key_id: key.id.clone(),
-                windows: wins.into_iter().map(|w| w.id).collect(),
-                estimate_nano: estimate,
-                minute: p.minute,
-                counts_tokens: key.tpm.is_some(),
-            }))
+            Ok(Admission::Admitted(Reservation::new(key, wins, estimate, p.minute)))
         })
     }
 
@@ -207,6 +207,16 @@ impl Counters for LocalCounters {
             Ok((day, month))
         })
     }
+}
+
+/// A refusal by the per-minute limit `what` ("rpm" or "tpm"), until the minute ends.
+fn rate_denied(what: &str, key: &KeyRecord, now_ms: i64, p: &Periods) -> Admission {
+    let reason = if what == "rpm" {
+        format!("rate limit: {} requests per minute", key.rpm.unwrap_or(0))
+    } else {
+        format!("rate limit: {} tokens per minute", key.tpm.unwrap_or(0))
+    };
+    Admission::Denied { reason, retry_after: retry_after(now_ms, p.minute_end_ms) }
 }
 
 fn budget_reason(w: &Window, spent: i64) -> String {
@@ -348,24 +358,11 @@ impl Counters for RedisCounters {
             }
             let admitted = matches!(out.first(), Some(redis::Value::Int(1)));
             if admitted {
-                return Ok(Admission::Admitted(Reservation {
-                    key_id: key.id.clone(),
-                    windows: wins.into_iter().map(|w| w.id).collect(),
-                    estimate_nano: estimate,
-                    minute: p.minute,
-                    counts_tokens: key.tpm.is_some(),
-                }));
+                return Ok(Admission::Admitted(Reservation::new(key, wins, estimate, p.minute)));
             }
             let what: String = out.get(1).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default();
             let denied = match what.as_str() {
-                "rpm" => Admission::Denied {
-                    reason: format!("rate limit: {} requests per minute", key.rpm.unwrap_or(0)),
-                    retry_after: retry_after(now_ms, p.minute_end_ms),
-                },
-                "tpm" => Admission::Denied {
-                    reason: format!("rate limit: {} tokens per minute", key.tpm.unwrap_or(0)),
-                    retry_after: retry_after(now_ms, p.minute_end_ms),
-                },
+                "rpm" | "tpm" => rate_denied(&what, key, now_ms, &p),
                 _ => {
                     let i: usize = out.get(2).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or(1);
                     let spent: i64 = out.get(3).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or(0);
