@@ -3,6 +3,7 @@
 //! Validation collects every error with its path (`models.fast.provider: unknown provider "opnai"`) and reports
 //! them together. Components receive their slice of the resolved [`Config`], never the whole file.
 
+mod cache;
 mod log;
 mod raw;
 mod reliability;
@@ -10,6 +11,7 @@ mod resolve;
 
 use std::path::Path;
 
+pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, default_store};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{

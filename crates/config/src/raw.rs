@@ -28,6 +28,8 @@ pub struct RawConfig {
     /// they override keel's built-in table.
     #[serde(default)]
     pub prices: BTreeMap<String, crate::log::RawPrice>,
+    #[serde(default)]
+    pub cache: crate::cache::RawCache,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -121,4 +123,6 @@ pub struct RawModel {
     pub response_schema: Option<String>,
     #[serde(default)]
     pub reliability: Option<RawReliability>,
+    /// This alias's cache policy over `[cache]`.
+    pub cache: Option<crate::cache::RawModelCache>,
 }

@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: crate::log::AuthConfig,
     pub telemetry: crate::log::TelemetryConfig,
     pub prices: BTreeMap<String, crate::log::Price>,
+    pub cache: crate::cache::CacheConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +189,7 @@ pub struct ModelAlias {
     pub reliability: ReliabilityPolicy,
     /// A JSON Schema every answer must satisfy, whatever the request says.
     pub response_schema: Option<serde_json::Value>,
+    pub cache: crate::cache::CachePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -207,7 +209,7 @@ impl std::fmt::Display for ModelTarget {
     }
 }
 
-pub(crate) struct Errors(Vec<ConfigError>);
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
     pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -235,7 +237,9 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
     let mut chains = Vec::new();
     for (name, m) in raw.models {
         let chain = (name.clone(), m.fallbacks.clone(), m.context_fallback.clone());
-        if let Some(m) = resolve_model(&name, m, &declared, &defaults, &mut errors) {
+        let cache = crate::cache::resolve_policy(&name, m.cache.as_ref(), &raw.cache, &mut errors);
+        if let Some(mut m) = resolve_model(&name, m, &declared, &defaults, &mut errors) {
+            m.cache = cache;
             models.insert(name, m);
             chains.push(chain);
         }
@@ -277,8 +281,15 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
     let auth = crate::log::resolve_auth(raw.auth, env, &mut errors);
     let telemetry = crate::log::resolve_telemetry(raw.telemetry, env, &mut errors);
     let prices = crate::log::resolve_prices(raw.prices, &mut errors);
+    let cache = crate::cache::resolve_cache(&raw.cache, env, &mut errors);
+    if models.values().any(|m| m.cache.semantic.is_some()) && !models.contains_key(&cache.semantic_model) {
+        errors.push(
+            "cache.semantic.model",
+            format!("unknown model alias {:?} (the embeddings model of the semantic cache)", cache.semantic_model),
+        );
+    }
     if errors.0.is_empty() {
-        Ok(Config { server, providers, models, store, log, auth, telemetry, prices })
+        Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache })
     } else {
         Err(ConfigErrors(errors.0))
     }
@@ -485,5 +496,6 @@ fn resolve_model(
         context_fallback: Vec::new(),
         reliability,
         response_schema,
+        cache: crate::cache::CachePolicy::default(),
     })
 }

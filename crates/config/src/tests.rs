@@ -89,7 +89,7 @@ fn unknown_keys_and_bad_types_are_rejected() {
     check_err(
         "[sever]\n",
         expect![
-            "at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`"
+            "at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache`"
         ],
     );
 }
@@ -138,5 +138,76 @@ fn local_embeddings_engine_is_chosen_or_refused_clearly() {
         expect![[
             r#"providers.here.embeddings_engine: unknown engine "tensorflow" (expected "auto", "onnxruntime" or "candle")"#
         ]],
+    );
+}
+
+#[test]
+fn cache_policies_come_from_the_alias_over_the_defaults() {
+    let cfg = parse(
+        r#"
+        [providers.openai]
+        api_key_env = "OPENAI_API_KEY"
+        [cache]
+        mode = "read-write"
+        ttl_seconds = 600
+        [cache.semantic]
+        model = "embed"
+        threshold = 0.9
+        [models.plain]
+        provider = "openai"
+        [models.faq]
+        provider = "openai"
+        cache = { semantic = true, ttl_seconds = 60 }
+        [models.strict]
+        provider = "openai"
+        cache = { mode = "off" }
+        [models.embed]
+        provider = "openai"
+        "#,
+        &env(),
+    )
+    .unwrap();
+    let p = |m: &str| cfg.models[m].cache;
+    assert_eq!(
+        p("plain"),
+        CachePolicy { mode: CacheMode::ReadWrite, ttl: std::time::Duration::from_secs(600), semantic: None }
+    );
+    assert_eq!(
+        p("faq"),
+        CachePolicy { mode: CacheMode::ReadWrite, ttl: std::time::Duration::from_secs(60), semantic: Some(0.9) }
+    );
+    assert_eq!(p("strict").mode, CacheMode::Off);
+    assert_eq!(cfg.cache.backend, CacheBackend::Memory { max_bytes: 256 << 20 });
+    assert_eq!(cfg.cache.semantic_model, "embed");
+    // Without [cache], every alias is off: caching is opt-in.
+    let plain =
+        parse("[providers.openai]\napi_key_env = \"OPENAI_API_KEY\"\n[models.a]\nprovider = \"openai\"\n", &env())
+            .unwrap();
+    assert_eq!(plain.models["a"].cache.mode, CacheMode::Off);
+}
+
+#[test]
+fn bad_cache_settings_are_reported_with_their_paths() {
+    check_err(
+        r#"
+        [providers.openai]
+        api_key_env = "OPENAI_API_KEY"
+        [cache]
+        backend = "redis"
+        mode = "sometimes"
+        [models.a]
+        provider = "openai"
+        cache = { semantic = true, threshold = 1.5, ttl_seconds = 0 }
+        [models.b]
+        provider = "openai"
+        cache = { threshold = 0.9 }
+        "#,
+        expect![[r#"
+            models.a.cache.ttl_seconds: must be greater than 0
+            models.a.cache.threshold: must be between 0 and 1, got 1.5
+            models.b.cache.threshold: set, but semantic is not enabled for this alias (semantic = true)
+            cache.redis: required when backend = "redis"
+            cache.mode: unknown mode "sometimes" (expected off, read, write or read-write)
+            cache.semantic.model: unknown model alias "all-minilm-l6-v2" (the embeddings model of the semantic cache)"#]],
     );
 }

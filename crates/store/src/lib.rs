@@ -57,8 +57,34 @@ pub trait Store: Send + Sync + 'static {
     /// What a key has spent since `since_ms`, from the request log.
     fn spend_since<'a>(&'a self, key_id: &'a str, since_ms: i64) -> BoxFuture<'a, Result<f64, StoreError>>;
 
+    /// Stores a semantic cache entry (an id already stored is left as it is).
+    fn cache_put<'a>(&'a self, row: &'a SemanticRow) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every semantic cache entry that has not expired at `now_ms`, oldest first.
+    fn cache_load(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<SemanticRow>, StoreError>>;
+
+    /// Deletes semantic cache entries (evicted from the index); returns how many were stored.
+    fn cache_delete<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Deletes semantic cache entries expired at `now_ms`.
+    fn cache_purge(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
+}
+
+/// One semantic cache entry as stored: user turns as a JSON array of strings, their embeddings as
+/// little-endian `f32`s one turn after the other, the answer as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticRow {
+    pub id: i64,
+    /// The hex SHA-256 of the entry's scope.
+    pub scope: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub turns: String,
+    pub vectors: Vec<u8>,
+    pub answer: String,
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing), `sqlite::memory:`, or

@@ -260,6 +260,86 @@ macro_rules! store_impl {
                 })
             }
 
+            fn cache_put<'a>(
+                &'a self,
+                r: &'a crate::SemanticRow,
+            ) -> futures::future::BoxFuture<'a, Result<(), crate::StoreError>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO semantic_cache (id, scope, created_ms, expires_ms, turns, vectors, answer) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(r.id)
+                    .bind(r.scope.clone())
+                    .bind(r.created_ms)
+                    .bind(r.expires_ms)
+                    .bind(r.turns.clone())
+                    .bind(r.vectors.clone())
+                    .bind(r.answer.clone())
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                })
+            }
+
+            fn cache_load(
+                &self,
+                now_ms: i64,
+            ) -> futures::future::BoxFuture<'_, Result<Vec<crate::SemanticRow>, crate::StoreError>> {
+                Box::pin(async move {
+                    use sqlx::Row;
+                    let rows = sqlx::query(
+                        "SELECT id, scope, created_ms, expires_ms, turns, vectors, answer FROM semantic_cache \
+                         WHERE expires_ms > $1 ORDER BY created_ms, id",
+                    )
+                    .bind(now_ms)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(crate::SemanticRow {
+                                id: row.try_get("id")?,
+                                scope: row.try_get("scope")?,
+                                created_ms: row.try_get("created_ms")?,
+                                expires_ms: row.try_get("expires_ms")?,
+                                turns: row.try_get("turns")?,
+                                vectors: row.try_get("vectors")?,
+                                answer: row.try_get("answer")?,
+                            })
+                        })
+                        .collect()
+                })
+            }
+
+            fn cache_delete<'a>(
+                &'a self,
+                ids: &'a [i64],
+            ) -> futures::future::BoxFuture<'a, Result<u64, crate::StoreError>> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let mut n = 0;
+                    for id in ids {
+                        n += sqlx::query("DELETE FROM semantic_cache WHERE id = $1")
+                            .bind(*id)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    }
+                    tx.commit().await?;
+                    Ok(n)
+                })
+            }
+
+            fn cache_purge(&self, now_ms: i64) -> futures::future::BoxFuture<'_, Result<u64, crate::StoreError>> {
+                Box::pin(async move {
+                    let done = sqlx::query("DELETE FROM semantic_cache WHERE expires_ms <= $1")
+                        .bind(now_ms)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(done.rows_affected())
+                })
+            }
+
             fn backend(&self) -> &'static str {
                 <$store>::BACKEND
             }

@@ -261,6 +261,27 @@ async fn drop_bodies_keeps_every_row_and_counts_the_drops() {
         ) -> futures::future::BoxFuture<'a, Result<f64, keel_store::StoreError>> {
             self.inner.spend_since(k, t)
         }
+        fn cache_put<'a>(
+            &'a self,
+            r: &'a keel_store::SemanticRow,
+        ) -> futures::future::BoxFuture<'a, Result<(), keel_store::StoreError>> {
+            self.inner.cache_put(r)
+        }
+        fn cache_load(
+            &self,
+            now: i64,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<keel_store::SemanticRow>, keel_store::StoreError>> {
+            self.inner.cache_load(now)
+        }
+        fn cache_delete<'a>(
+            &'a self,
+            ids: &'a [i64],
+        ) -> futures::future::BoxFuture<'a, Result<u64, keel_store::StoreError>> {
+            self.inner.cache_delete(ids)
+        }
+        fn cache_purge(&self, now: i64) -> futures::future::BoxFuture<'_, Result<u64, keel_store::StoreError>> {
+            self.inner.cache_purge(now)
+        }
         fn backend(&self) -> &'static str {
             "gate"
         }
@@ -291,4 +312,40 @@ async fn drop_bodies_keeps_every_row_and_counts_the_drops() {
     assert_eq!(got.len(), 200, "every row is kept");
     assert_eq!(got.iter().filter(|r| r.request_body.is_none()).count() as u64, dropped);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The semantic cache's rows: stored, loaded unexpired and oldest first, deleted, purged.
+async fn semantic_battery(store: Arc<dyn Store>) {
+    let row = |id: i64, created_ms: i64, expires_ms: i64| keel_store::SemanticRow {
+        id,
+        scope: format!("{id:064x}"),
+        created_ms,
+        expires_ms,
+        turns: r#"["a question"]"#.into(),
+        vectors: (0..8u8).collect(),
+        answer: r#"{"response":{}}"#.into(),
+    };
+    for (id, created, expires) in [(3, 30, 1_000), (1, 10, 1_000), (2, 20, 50)] {
+        store.cache_put(&row(id, created, expires)).await.unwrap();
+    }
+    // Storing an id again changes nothing.
+    store.cache_put(&row(1, 99, 5)).await.unwrap();
+    let loaded = store.cache_load(100).await.unwrap();
+    assert_eq!(loaded.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 3], "unexpired, oldest first");
+    assert_eq!(loaded[0], row(1, 10, 1_000), "every column round-trips, bytes included");
+    assert_eq!(store.cache_purge(100).await.unwrap(), 1);
+    assert_eq!(store.cache_delete(&[3, 42]).await.unwrap(), 1);
+    assert_eq!(store.cache_load(0).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![1]);
+}
+
+#[tokio::test]
+async fn sqlite_keeps_semantic_cache_entries() {
+    let (store, dir) = sqlite().await;
+    semantic_battery(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_keeps_semantic_cache_entries() {
+    semantic_battery(postgres().await).await;
 }
