@@ -34,6 +34,10 @@ struct Args {
     /// A label printed with the results.
     #[arg(long, default_value = "")]
     label: String,
+    /// Make every request's prompt different (a request number in the text), so that no two requests share a
+    /// cache entry: the cache's miss path.
+    #[arg(long)]
+    unique: bool,
     /// Sent as `Authorization: Bearer KEY` (a virtual key).
     #[arg(long)]
     api_key: Option<String>,
@@ -59,16 +63,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let client =
         reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).default_headers(headers).build()?;
-    let body = serde_json::json!({
-        "model": args.model,
-        "stream": args.stream,
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "Tell me about the history of the city of Zurich in three sentences."}
-        ],
-        "max_tokens": 64
-    })
-    .to_string();
+    let body_of = |i: u32| {
+        let question = if args.unique {
+            format!("Tell me about the history of the city of Zurich in three sentences (request {i}).")
+        } else {
+            "Tell me about the history of the city of Zurich in three sentences.".to_string()
+        };
+        serde_json::json!({
+            "model": args.model,
+            "stream": args.stream,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": question}
+            ],
+            "max_tokens": 64
+        })
+        .to_string()
+    };
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let total = args.warmup + args.requests;
     let start = Instant::now() + Duration::from_millis(50);
@@ -76,7 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..total {
         let at = start + interval * i;
         let client = client.clone();
-        let body = body.clone();
+        let body = body_of(i);
         let url = args.url.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;

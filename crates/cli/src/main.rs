@@ -1,5 +1,6 @@
 //! The `keel` binary: command-line parsing and the wiring of configuration, providers, pipeline and server.
 
+mod cache;
 mod default_config;
 mod logs;
 
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Read the request log, newest first (`--follow` to keep printing new requests).
     Logs(LogsArgs),
+    /// Work with the response cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Manage virtual keys (stored hashed in keel's store; a secret is shown once, at creation).
     Keys {
         /// The configuration file whose store to use (default: the embedded default's).
@@ -51,6 +57,27 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Send predictable requests to a running keel ahead of time so that their answers are cached: FILE holds
+    /// one OpenAI chat completion request per line (JSON Lines).
+    Warm {
+        file: PathBuf,
+        /// The running keel.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "KEEL_URL")]
+        url: String,
+        /// A virtual key (the cache is per tenant: warm with a key of the tenant that will ask).
+        #[arg(long, env = "KEEL_API_KEY")]
+        api_key: Option<String>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Ask upstream again even for requests already cached (`x-keel-cache: write`).
+        #[arg(long)]
+        refresh: bool,
     },
 }
 
@@ -196,6 +223,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             runtime.block_on(logs::run(&cfg, &args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Cache { command: CacheCommand::Warm { file, url, api_key, concurrency, refresh } } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(cache::warm(&file, &url, api_key.as_deref(), concurrency, refresh))
+        }
         Command::Keys { config, command } => {
             let cfg = load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -288,7 +319,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).map_err(anyhow::Error::msg)?;
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
-    let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
     let (writer, writer_task, store) = if cfg.log.enabled {
         let store = keel_store::open(&cfg.store)
             .await
@@ -309,6 +339,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         (None, None, None)
     };
+    let cache = cache::parts(&cfg, &providers, &routes, store.clone()).await?;
+    let pipeline = keel_pipeline::build_with_cache(routes.clone(), providers, breakers.clone(), Some(cache));
     let metrics =
         std::sync::Arc::new(keel_server::Metrics::new(breakers.clone(), writer.as_ref().map(|w| w.stats().clone())));
     let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();

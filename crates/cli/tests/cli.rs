@@ -24,7 +24,7 @@ fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../keel.example.toml");
     let out = example_env(Command::new(KEEL).args(["config", "check", example])).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 providers, 4 models)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 providers, 6 models)"));
 }
 
 #[test]

@@ -38,6 +38,13 @@ pub struct RequestContext {
     /// Every upstream attempt, in order; appended by the call stage. Attempts made after the response began
     /// (a stream continued on a fallback) are appended when they happen, so the log sees them at the end.
     pub attempts: Attempts,
+    /// Whose cache entries this request may read and write: the key's tenant, else the key; empty without
+    /// keys. Set by the edge.
+    pub tenant: String,
+    /// The cache mode the client asked for (`x-keel-cache`), over the route's.
+    pub cache_mode: Option<keel_config::CacheMode>,
+    /// How the cache served the request; set by the cache stage when it was consulted.
+    pub cache: Option<crate::cache::CacheOutcome>,
 }
 
 /// The attempt records of one request, shared with the stream that outlives the pipeline call.
@@ -65,6 +72,9 @@ impl RequestContext {
             requested_model: requested_model.into(),
             route: None,
             attempts: Attempts::default(),
+            tenant: String::new(),
+            cache_mode: None,
+            cache: None,
         }
     }
 

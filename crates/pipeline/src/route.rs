@@ -21,6 +21,10 @@ pub struct RoutePlan {
     pub context_fallback: Vec<ModelTarget>,
     pub policy: ReliabilityPolicy,
     pub schema: Option<Schema>,
+    /// Everything about the route that can change an answer (alias, targets, schema, repairs), as text: part
+    /// of every cache key, so that a changed route never serves what the old one answered.
+    pub fingerprint: String,
+    pub cache: keel_config::CachePolicy,
 }
 
 /// Model aliases and their plans, from the configuration.
@@ -38,7 +42,19 @@ impl RouteTable {
                 Some(s) => Some(Schema::compile(s).map_err(|e| format!("models.{}.response_schema: {e}", a.name))?),
                 None => None,
             };
+            let target =
+                |t: &ModelTarget| serde_json::json!([t.provider.0.as_ref(), t.model, t.deployment, t.supports_prefill]);
+            let fingerprint = serde_json::json!({
+                "alias": a.name,
+                "targets": a.targets.iter().map(target).collect::<Vec<_>>(),
+                "context_fallback": a.context_fallback.iter().map(target).collect::<Vec<_>>(),
+                "schema": a.response_schema,
+                "max_repairs": a.reliability.max_repairs,
+            })
+            .to_string();
             let plan = RoutePlan {
+                fingerprint,
+                cache: a.cache,
                 alias: a.name.clone(),
                 targets: a.targets.clone(),
                 context_fallback: a.context_fallback.clone(),

@@ -12,7 +12,7 @@ use keel_types::anthropic::MessagesRequest;
 
 use crate::auth::{self, Principal};
 use crate::log::Outcome;
-use crate::openai::{failed, run, served_by, set_cost, set_served_by, unexpected};
+use crate::openai::{cache_request, failed, run, served_by, set_cache, set_cost, set_served_by, unexpected};
 use crate::{ApiError, AppState, body, stream};
 use keel_pipeline::cost;
 
@@ -39,8 +39,12 @@ pub(crate) async fn messages(
         }
     };
     let model = req.model.clone();
-    let ctx = RequestContext::new(id.clone(), api, &model);
+    let mut ctx = RequestContext::new(id.clone(), api, &model);
     entry.attach(&ctx, req.stream, None);
+    if let Err(e) = cache_request(&mut ctx, principal.as_ref(), &headers) {
+        entry.reject(&e);
+        return e.into_response_for(api);
+    }
     match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), cost::chat_prompt_upper_bound(&req), || {
         auth::chat_input_tokens(&req)
     })
@@ -54,6 +58,7 @@ pub(crate) async fn messages(
     }
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
     let served_by = served_by(&resp.ctx);
+    entry.cache(resp.ctx.cache.clone());
     let (mut out, cost) = match resp.result {
         Ok(Output::Chat(r)) => {
             let cost = entry.finish(Outcome::Chat(&r));
@@ -65,6 +70,7 @@ pub(crate) async fn messages(
     };
     set_served_by(&mut out, served_by);
     set_cost(&mut out, cost);
+    set_cache(&mut out, resp.ctx.cache.as_ref());
     out
 }
 

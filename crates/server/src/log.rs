@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use futures::Stream;
 use keel_config::BodyPolicy;
 use keel_pipeline::cost::{self, Prices, Tokens};
-use keel_pipeline::{AttemptOutcome, Attempts, GatewayError, InboundApi, RequestContext, RequestId};
+use keel_pipeline::{AttemptOutcome, Attempts, CacheOutcome, GatewayError, InboundApi, RequestContext, RequestId};
 use keel_providers::{ChatStream, ProviderError};
 use keel_store::{AttemptRow, LogWriter, Record};
 use keel_types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage};
@@ -95,6 +95,7 @@ impl RequestLog {
             attempts: None,
             raw: Bytes::new(),
             admitted: None,
+            cache: None,
         }
     }
 
@@ -181,6 +182,8 @@ pub(crate) struct Entry {
     raw: Bytes,
     /// A virtual key's reservation, settled with the real cost when the entry is finished.
     admitted: Option<crate::auth::Admitted>,
+    /// How the response cache served the request, when it was consulted.
+    cache: Option<CacheOutcome>,
 }
 
 /// How a non-streamed request ended. Response bodies are logged in keel's canonical shape (an OpenAI chat
@@ -221,6 +224,11 @@ impl Entry {
             r.key_id = Some(key.id.clone());
             r.tenant = key.tenant.clone();
         }
+    }
+
+    /// How the cache served the request (from the pipeline's context).
+    pub(crate) fn cache(&mut self, outcome: Option<CacheOutcome>) {
+        self.cache = outcome;
     }
 
     /// The key's reservation, to settle when the request ends.
@@ -336,6 +344,38 @@ impl Entry {
             r.tokens_out = Some(tokens.output);
             r.tokens_cached = Some(tokens.cached);
             r.cost_usd = served.and_then(|a| self.log.prices.cost(&a.provider, &a.model, tokens));
+        }
+        if let Some(outcome) = &self.cache {
+            r.cache = Some(outcome.as_str().to_string());
+            let m = &self.log.metrics;
+            match outcome {
+                CacheOutcome::Hit { similarity, saved } => {
+                    // Nothing was spent; what the answer cost when it was first made is what the hit saved.
+                    r.cost_usd = Some(0.0);
+                    let provider = keel_config::ProviderId::from(saved.provider.as_str());
+                    let was = self.log.prices.cost(&provider, &saved.model, tokens);
+                    if let Value::Object(meta) = &mut r.metadata {
+                        meta.insert(
+                            "cache_source".into(),
+                            Value::String(format!("{}/{}", saved.provider, saved.model)),
+                        );
+                        if let Some(c) = was {
+                            meta.insert("cache_saved_usd".into(), serde_json::json!(c));
+                        }
+                        if let Some(s) = similarity {
+                            meta.insert("cache_similarity".into(), serde_json::json!(s));
+                        }
+                    }
+                    if let Some(c) = was.filter(|c| *c > 0.0) {
+                        m.cache_saved.inc_by(c);
+                    }
+                    if let Some(s) = similarity {
+                        m.cache_similarity.observe(f64::from(*s));
+                    }
+                }
+                CacheOutcome::Miss { similarity: Some(s) } => m.cache_similarity.observe(f64::from(*s)),
+                _ => {}
+            }
         }
         if estimated && let Value::Object(m) = &mut r.metadata {
             m.insert("tokens_estimated".into(), Value::Bool(true));

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub(crate) cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pub(crate) attempts: Family<AttemptLabels, Counter>,
     pub(crate) cache: Family<CacheLabels, Counter>,
+    /// The similarity of the nearest semantic candidate, per lookup that compared one.
+    pub(crate) cache_similarity: Histogram,
+    /// What cache hits saved: the upstream price of the answers they gave again.
+    pub(crate) cache_saved: Counter<f64, AtomicU64>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -83,9 +87,22 @@ impl Metrics {
         let attempts = Family::<AttemptLabels, Counter>::default();
         registry.register("upstream_attempts", "Upstream attempts by target and outcome", attempts.clone());
         let cache = Family::<CacheLabels, Counter>::default();
-        registry.register("cache_lookups", "keel's response cache: hits and misses", cache.clone());
+        registry.register(
+            "cache_lookups",
+            "keel's response cache by outcome: hit, semantic_hit, miss, bypass",
+            cache.clone(),
+        );
+        let cache_similarity =
+            Histogram::new([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]);
+        registry.register(
+            "cache_semantic_similarity",
+            "Similarity of the nearest semantic cache candidate, per lookup",
+            cache_similarity.clone(),
+        );
+        let cache_saved = Counter::<f64, AtomicU64>::default();
+        registry.register("cache_saved_usd", "Upstream spend the cache avoided, in US dollars", cache_saved.clone());
         registry.register_collector(Box::new(Live { breakers, log }));
-        Self { registry, requests, duration, ttft, tokens, cost, attempts, cache }
+        Self { registry, requests, duration, ttft, tokens, cost, attempts, cache, cache_similarity, cache_saved }
     }
 
     /// The OpenMetrics text of every metric.

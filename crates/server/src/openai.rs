@@ -39,8 +39,12 @@ pub(crate) async fn chat(
         }
     };
     let wants_usage = req.include_usage();
-    let ctx = RequestContext::new(id, api, &req.model);
+    let mut ctx = RequestContext::new(id, api, &req.model);
     entry.attach(&ctx, req.stream, req.user.as_deref());
+    if let Err(e) = cache_request(&mut ctx, principal.as_ref(), &headers) {
+        entry.reject(&e);
+        return e.into_response_for(api);
+    }
     match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), cost::chat_prompt_upper_bound(&req), || {
         auth::chat_input_tokens(&req)
     })
@@ -54,6 +58,7 @@ pub(crate) async fn chat(
     }
     let resp = run(&app, GatewayRequest { ctx, op: Operation::Chat(req) }).await;
     let served_by = served_by(&resp.ctx);
+    entry.cache(resp.ctx.cache.clone());
     let (mut out, cost) = match resp.result {
         Ok(Output::Chat(r)) => {
             let cost = entry.finish(Outcome::Chat(&r));
@@ -65,7 +70,41 @@ pub(crate) async fn chat(
     };
     set_served_by(&mut out, served_by);
     set_cost(&mut out, cost);
+    set_cache(&mut out, resp.ctx.cache.as_ref());
     out
+}
+
+/// The request's cache scope (its tenant) and the mode the client asked for in `x-keel-cache`.
+pub(crate) fn cache_request(
+    ctx: &mut RequestContext,
+    principal: Option<&Principal>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    ctx.tenant = match principal {
+        Some(Principal::Key(k)) => match &k.tenant {
+            Some(t) => format!("tenant:{t}"),
+            None => format!("key:{}", k.id),
+        },
+        Some(Principal::Admin) | None => String::new(),
+    };
+    if let Some(v) = headers.get("x-keel-cache") {
+        let mode = v.to_str().ok().and_then(keel_config::CacheMode::parse).ok_or_else(|| {
+            ApiError::invalid("x-keel-cache: expected off, read, write or read-write", Some("x-keel-cache".into()))
+        })?;
+        ctx.cache_mode = Some(mode);
+    }
+    Ok(())
+}
+
+/// `x-keel-cache` (hit, semantic_hit, miss, bypass) and, for a semantic hit, `x-keel-cache-similarity`.
+pub(crate) fn set_cache(resp: &mut Response, outcome: Option<&keel_pipeline::CacheOutcome>) {
+    let Some(outcome) = outcome else { return };
+    resp.headers_mut().insert("x-keel-cache", HeaderValue::from_static(outcome.as_str()));
+    if let keel_pipeline::CacheOutcome::Hit { similarity: Some(s), .. } = outcome
+        && let Ok(v) = HeaderValue::from_str(&format!("{s:.4}"))
+    {
+        resp.headers_mut().insert("x-keel-cache-similarity", v);
+    }
 }
 
 /// A request the pipeline could not answer: logged with its class, answered in the API's error format.
