@@ -69,28 +69,42 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
     }
-    // Random unit vectors up to N.
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    while (id as usize) < args.entries {
-        id += 1;
-        let v: Vec<f32> = (0..dims).map(|_| next()).collect();
-        index.insert(Entry {
-            id,
-            scope,
-            turns: vec![Turn::new(String::new(), v)],
-            expires_ms: i64::MAX,
-            answer: answer.clone(),
-        })?;
-        if id.is_multiple_of(100_000) {
-            eprintln!("{id} entries, {:.0} s", t.elapsed().as_secs_f64());
+    // Random unit vectors up to N, inserted by two threads (as concurrent requests would).
+    let start_id = id;
+    let remaining = args.entries.saturating_sub(start_id as usize) as u64;
+    let index = &index;
+    let answer = &answer;
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..2u64)
+            .map(|w| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
+                    let mut next = || {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        (seed >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+                    };
+                    let mut i = w;
+                    while i < remaining {
+                        let v: Vec<f32> = (0..dims).map(|_| next()).collect();
+                        let turns = vec![Turn::new(String::new(), v)];
+                        let id = start_id + 1 + i;
+                        index.insert(Entry { id, scope, turns, expires_ms: i64::MAX, answer: answer.clone() })?;
+                        if id.is_multiple_of(100_000) {
+                            eprintln!("{id} entries, {:.0} s", t.elapsed().as_secs_f64());
+                        }
+                        i += 2;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("insert thread panicked"))??;
         }
-    }
+        Ok(())
+    })?;
     let fill = t.elapsed();
     let rss = rss_kb().saturating_sub(rss0);
     let graph = index.graph_memory();

@@ -63,9 +63,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let client =
         reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).default_headers(headers).build()?;
+    // Unique across runs too: a second run must not find the first one's entries.
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let body_of = |i: u32| {
         let question = if args.unique {
-            format!("Tell me about the history of the city of Zurich in three sentences (request {i}).")
+            format!("Tell me about the history of the city of Zurich in three sentences (run {run_id}, request {i}).")
         } else {
             "Tell me about the history of the city of Zurich in three sentences.".to_string()
         };

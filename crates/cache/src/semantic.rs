@@ -122,7 +122,26 @@ struct Inner {
 
 enum Bucket {
     Flat(Vec<u64>),
-    Graph(usearch::Index),
+    Graph(Arc<Graph>),
+}
+
+/// An HNSW graph. usearch adds and searches concurrently once capacity is reserved, so both take the read
+/// lock; only growing the capacity takes the write lock. Adding to the graph (the costly part of an insert)
+/// happens outside the index-wide lock, so lookups never wait for it.
+struct Graph(RwLock<usearch::Index>);
+
+impl Graph {
+    fn add(&self, id: u64, vector: &[f32]) -> Result<(), CacheError> {
+        let full = self.0.read().map_or(true, |i| i.size() + 1 > i.capacity());
+        if full {
+            let index = self.0.write().map_err(|_| CacheError::Backend("semantic graph poisoned".into()))?;
+            if index.size() + 1 > index.capacity() {
+                index.reserve((index.capacity() * 2).max(1024)).map_err(backend)?;
+            }
+        }
+        let index = self.0.read().map_err(|_| CacheError::Backend("semantic graph poisoned".into()))?;
+        index.add(id, vector).map_err(backend)
+    }
 }
 
 impl SemanticIndex {
@@ -148,7 +167,7 @@ impl SemanticIndex {
             i.scopes
                 .values()
                 .map(|b| match b {
-                    Bucket::Graph(index) => index.memory_usage(),
+                    Bucket::Graph(g) => g.0.read().map_or(0, |i| i.memory_usage()),
                     Bucket::Flat(_) => 0,
                 })
                 .sum()
@@ -160,35 +179,37 @@ impl SemanticIndex {
         if entry.turns.is_empty() || entry.turns.iter().any(|t| t.vector.len() != self.dims) {
             return Err(CacheError::Backend(format!("semantic entry needs {}-dimensional vectors", self.dims)));
         }
-        let mut inner = self.inner.write().map_err(|_| CacheError::Backend("semantic index poisoned".into()))?;
         let id = entry.id;
         let scope = entry.scope;
         let last = entry.turns.last().map(|t| t.vector.clone()).unwrap_or_default();
-        inner.entries.insert(id, Arc::new(entry));
-        inner.order.push_back(id);
-        let bucket = inner.scopes.entry(scope).or_insert_with(|| Bucket::Flat(Vec::new()));
-        match bucket {
-            Bucket::Flat(ids) => {
-                ids.push(id);
-                if ids.len() > FLAT_MAX {
-                    let ids = std::mem::take(ids);
-                    let graph = build_graph(self.dims, &ids, &inner.entries)?;
-                    inner.scopes.insert(scope, graph);
+        let (graph, evicted) = {
+            let mut inner = self.inner.write().map_err(|_| CacheError::Backend("semantic index poisoned".into()))?;
+            inner.entries.insert(id, Arc::new(entry));
+            inner.order.push_back(id);
+            let bucket = inner.scopes.entry(scope).or_insert_with(|| Bucket::Flat(Vec::new()));
+            let graph = match bucket {
+                Bucket::Flat(ids) => {
+                    ids.push(id);
+                    if ids.len() > FLAT_MAX {
+                        let ids = std::mem::take(ids);
+                        let graph = build_graph(self.dims, &ids, &inner.entries)?;
+                        inner.scopes.insert(scope, graph);
+                    }
+                    None
+                }
+                Bucket::Graph(g) => Some(g.clone()),
+            };
+            let mut evicted = Vec::new();
+            while inner.entries.len() > self.max_entries {
+                let Some(old) = inner.order.pop_front() else { break };
+                if remove(&mut inner, old) {
+                    evicted.push(old);
                 }
             }
-            Bucket::Graph(index) => {
-                if index.size() + 1 > index.capacity() {
-                    index.reserve((index.capacity() * 2).max(1024)).map_err(backend)?;
-                }
-                index.add(id, &last).map_err(backend)?;
-            }
-        }
-        let mut evicted = Vec::new();
-        while inner.entries.len() > self.max_entries {
-            let Some(old) = inner.order.pop_front() else { break };
-            if remove(&mut inner, old) {
-                evicted.push(old);
-            }
+            (graph, evicted)
+        };
+        if let Some(g) = graph {
+            g.add(id, &last)?;
         }
         Ok(evicted)
     }
@@ -214,7 +235,12 @@ impl SemanticIndex {
         let candidates: Vec<u64> = match inner.scopes.get(scope) {
             None => return out,
             Some(Bucket::Flat(ids)) => ids.clone(),
-            Some(Bucket::Graph(index)) => match index.search(&last.vector, CANDIDATES) {
+            Some(Bucket::Graph(g)) => match g
+                .0
+                .read()
+                .map_err(|_| "poisoned".to_string())
+                .and_then(|i| i.search(&last.vector, CANDIDATES).map_err(|e| e.to_string()))
+            {
                 Ok(m) => m.keys,
                 Err(e) => {
                     tracing::warn!(error = %e, "semantic index search failed");
@@ -271,9 +297,11 @@ fn remove(inner: &mut Inner, id: u64) -> bool {
                 ids.retain(|x| *x != id);
                 empty = ids.is_empty();
             }
-            Bucket::Graph(index) => {
-                let _ = index.remove(id);
-                empty = index.size() == 0;
+            Bucket::Graph(g) => {
+                if let Ok(index) = g.0.read() {
+                    let _ = index.remove(id);
+                    empty = index.size() == 0;
+                }
             }
         }
     }
@@ -297,7 +325,7 @@ fn build_graph(dims: usize, ids: &[u64], entries: &HashMap<u64, Arc<Entry>>) -> 
             index.add(*id, &last.vector).map_err(backend)?;
         }
     }
-    Ok(Bucket::Graph(index))
+    Ok(Bucket::Graph(Arc::new(Graph(RwLock::new(index)))))
 }
 
 fn backend(e: impl std::fmt::Display) -> CacheError {

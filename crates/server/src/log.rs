@@ -444,8 +444,10 @@ impl Entry {
         if let Some(t) = r.ttft_ms {
             m.ttft.get_or_create(&labels).observe(t / 1000.0);
         }
+        // A cache hit spent no tokens: its row keeps the answer's usage, the token counters do not count it.
+        let hit = matches!(r.cache.as_deref(), Some("hit" | "semantic_hit"));
         for (kind, n) in [("input", r.tokens_in), ("output", r.tokens_out), ("cached_input", r.tokens_cached)] {
-            if let Some(n) = n.filter(|n| *n > 0) {
+            if let Some(n) = n.filter(|n| *n > 0 && !hit) {
                 m.tokens.get_or_create(&TokenLabels { model: model.clone(), kind }).inc_by(n);
             }
         }
