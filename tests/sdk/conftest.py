@@ -141,19 +141,20 @@ model = "mock-embed"
 """)
 
 
-def _start_keel(log_dir: Path, mock_url: str) -> tuple[_Process, str]:
-    binary = _binary("KEEL_BIN", "keel")
-    config = log_dir / "keel.toml"
-    _write_config(config, mock_url)
+def _serve(name: str, config: Path, log_dir: Path, extra_env: dict[str, str] | None = None,
+           timeout_s: float = STARTUP_TIMEOUT_S) -> tuple[_Process, str]:
+    """Starts `keel serve --config CONFIG` on a free port (provider keys from the environment left out, the
+    mock's key set) and waits for GET /health."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "KEEL_CONFIG"}
     env["MOCK_KEY"] = UPSTREAM_KEY
     env.setdefault("RUST_LOG", "info")
-    args = [str(binary), "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
-    p = _Process("keel", args, log_dir, env=env)
+    env.update(extra_env or {})
+    args = [str(_binary("KEEL_BIN", "keel")), "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    p = _Process(name, args, log_dir, env=env)
     _PROCESSES.append(p)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if p.proc.poll() is not None:
             pytest.fail(f"keel did not start.\n{p.died()}", pytrace=False)
@@ -164,7 +165,13 @@ def _start_keel(log_dir: Path, mock_url: str) -> tuple[_Process, str]:
             pass
         time.sleep(0.1)
     p.stop()
-    pytest.fail(f"keel did not answer GET /health within {STARTUP_TIMEOUT_S}s.\n{p.log_text()}", pytrace=False)
+    pytest.fail(f"keel did not answer GET /health within {timeout_s}s.\n{p.log_text()}", pytrace=False)
+
+
+def _start_keel(log_dir: Path, mock_url: str) -> tuple[_Process, str]:
+    config = log_dir / "keel.toml"
+    _write_config(config, mock_url)
+    return _serve("keel", config, log_dir)
 
 
 # --------------------------------------------------------------------------------------------- fixtures

@@ -24,7 +24,7 @@ import pytest
 
 import conftest
 import upstream as up
-from conftest import _PROCESSES, _Process, _binary, _free_port
+from conftest import _Process, _binary
 from upstream import CLAUDE, GPT
 
 try:
@@ -82,27 +82,7 @@ model = "{GPT.upstream_model}"
 cache = {{ mode = "read-write", semantic = true }}
 """
     config.write_text(text)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "KEEL_CONFIG"}
-    env["MOCK_KEY"] = conftest.UPSTREAM_KEY
-    env["KEEL_ADMIN_KEY"] = ADMIN_KEY
-    env.setdefault("RUST_LOG", "info")
-    p = _Process("keel-cache", [str(_binary("KEEL_BIN", "keel")), "serve", "--config", str(config), "--listen",
-                                f"127.0.0.1:{port}"], work, env=env)
-    _PROCESSES.append(p)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        if p.proc.poll() is not None:
-            pytest.fail(f"keel did not start.\n{p.died()}", pytrace=False)
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"keel did not answer GET /health within {STARTUP_TIMEOUT_S}s.\n{p.log_text()}", pytrace=False)
-        time.sleep(0.1)
+    p, url = conftest._serve("keel-cache", config, work, {"KEEL_ADMIN_KEY": ADMIN_KEY}, timeout_s=STARTUP_TIMEOUT_S)
     with httpx.Client(base_url=url, timeout=30, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
         yield Keel(url, admin, p)
 

@@ -5,7 +5,6 @@ overspend by more than one request's cost."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 
 import anthropic
@@ -13,7 +12,6 @@ import openai
 import pytest
 
 import conftest
-from conftest import _PROCESSES, _Process, _binary, _free_port
 from upstream import CLAUDE, GPT
 
 try:
@@ -33,26 +31,7 @@ def secured(_servers, tmp_path_factory):
     conftest._write_config(config, mock.url)
     text = config.read_text().replace("[log]", "[auth]\nenabled = true\n\n[log]")
     config.write_text(text)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["MOCK_KEY"] = conftest.UPSTREAM_KEY
-    env["KEEL_ADMIN_KEY"] = ADMIN_KEY
-    p = _Process("keel-auth", [str(_binary("KEEL_BIN", "keel")), "serve", "--config", str(config), "--listen",
-                               f"127.0.0.1:{port}"], work, env=env)
-    _PROCESSES.append(p)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if p.proc.poll() is not None:
-            pytest.fail(f"keel did not start.\n{p.died()}", pytrace=False)
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"keel did not start.\n{p.log_text()}", pytrace=False)
-        time.sleep(0.1)
+    _, url = conftest._serve("keel-auth", config, work, {"KEEL_ADMIN_KEY": ADMIN_KEY}, timeout_s=60)
     with httpx.Client(base_url=url, timeout=30, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:
         yield url, admin
 
