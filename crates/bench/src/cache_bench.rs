@@ -23,6 +23,9 @@ struct Args {
     data: PathBuf,
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Only the exact cache's miss path, in process: key, lookup and store of N unique requests.
+    #[arg(long)]
+    exact_only: bool,
     /// ONNX Runtime threads for the query's embedding.
     #[arg(long, default_value_t = 1)]
     threads: u32,
@@ -30,6 +33,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.exact_only {
+        return exact_miss_path(args.entries);
+    }
     let dir = keel_local::models::models_dir(args.models.as_deref());
     let engine = OrtEmbedder::load(
         &dir.join(keel_local::models::MINILM.target),
@@ -156,4 +162,45 @@ fn rss_kb() -> u64 {
             s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The CPU cost of the exact cache on a miss, without HTTP or a machine's scheduling noise around it: for N
+/// unique chat requests, the canonical key, a lookup in the in-process backend (a miss), and storing the
+/// answer, timed per request.
+fn exact_miss_path(n: usize) -> anyhow::Result<()> {
+    use keel_cache::ExactBackend;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let backend = keel_cache::MemoryBackend::new(256 << 20);
+    let answer: Arc<CachedAnswer> = Arc::new(serde_json::from_value(serde_json::json!({
+        "response": {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Zurich began as a Roman customs post, grew into a free imperial city and became a centre of the Reformation."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 25, "total_tokens": 55}},
+        "provider": "p", "model": "m", "created_ms": 0
+    }))?);
+    let scope =
+        keel_cache::Scope { route: r#"{"alias":"bench","targets":[["mock","mock-model",null,false]]}"#, tenant: "" };
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let req: keel_types::ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "bench", "max_tokens": 64,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": format!("Tell me about the history of the city of Zurich in three sentences (request {i}).")}]
+        }))?;
+        let t = Instant::now();
+        let key = keel_cache::key::exact(&req, scope);
+        let found = rt.block_on(backend.get(&key))?;
+        rt.block_on(backend.put(key, answer.clone(), std::time::Duration::from_secs(3600)))?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        anyhow::ensure!(found.is_none(), "unique requests must miss");
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "exact cache miss path (key + lookup + store), {n} unique requests: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    );
+    Ok(())
 }
