@@ -40,12 +40,6 @@ impl MemoryBackend {
             .build();
         Self { cache }
     }
-
-    /// Entries and their weight (for tests and metrics); pending maintenance is run first.
-    pub fn usage(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
-    }
 }
 
 impl ExactBackend for MemoryBackend {

@@ -232,16 +232,17 @@ impl SemanticIndex {
         let mut out = Lookup::default();
         let Some(last) = query.last() else { return out };
         let Ok(inner) = self.inner.read() else { return out };
-        let candidates: Vec<u64> = match inner.scopes.get(scope) {
+        // A small scope's ids are borrowed, not copied, per lookup.
+        let candidates: std::borrow::Cow<'_, [u64]> = match inner.scopes.get(scope) {
             None => return out,
-            Some(Bucket::Flat(ids)) => ids.clone(),
+            Some(Bucket::Flat(ids)) => std::borrow::Cow::Borrowed(ids.as_slice()),
             Some(Bucket::Graph(g)) => match g
                 .0
                 .read()
                 .map_err(|_| "poisoned".to_string())
                 .and_then(|i| i.search(&last.vector, CANDIDATES).map_err(|e| e.to_string()))
             {
-                Ok(m) => m.keys,
+                Ok(m) => std::borrow::Cow::Owned(m.keys),
                 Err(e) => {
                     tracing::warn!(error = %e, "semantic index search failed");
                     return out;
