@@ -106,6 +106,10 @@ def _write_config(path: Path, mock_url: str) -> None:
 [reliability]
 max_attempts = 1
 
+# The operator's own machine: /admin/* without the admin key, on this loopback listener only.
+[auth]
+open_admin_on_loopback = true
+
 [store]
 url = "sqlite://{path.parent}/keel.db"
 

@@ -55,9 +55,10 @@ def cached(_servers, tmp_path_factory):
     config = work / "keel.toml"
     conftest._write_config(config, mock.url)
     text = config.read_text()
-    for table in ("[auth]", "[cache", "[providers.local]", f"[models.{EMBEDDINGS}]", f"[models.{SEMANTIC}]"):
+    for table in ("[cache", "[providers.local]", f"[models.{EMBEDDINGS}]", f"[models.{SEMANTIC}]"):
         assert table not in text, f"the session config now has {table}: merge instead of appending"
-    text = text.replace("[log]", "[auth]\nenabled = true\n\n[log]", 1)
+    assert text.count("[auth]\n") == 1, "the session config has one [auth] table to add to"
+    text = text.replace("[auth]\n", "[auth]\nenabled = true\n", 1)
     for route in (GPT, CLAUDE):
         line = f'model = "{route.upstream_model}"\n'
         assert text.count(line) == 1, f"expected one alias of {route.upstream_model}"

@@ -29,7 +29,9 @@ def secured(_servers, tmp_path_factory):
     work = tmp_path_factory.mktemp("keel-auth")
     config = work / "keel.toml"
     conftest._write_config(config, mock.url)
-    text = config.read_text().replace("[log]", "[auth]\nenabled = true\n\n[log]")
+    text = config.read_text()
+    assert text.count("[auth]\n") == 1, "the session config has one [auth] table to add to"
+    text = text.replace("[auth]\n", "[auth]\nenabled = true\n", 1)
     config.write_text(text)
     _, url = conftest._serve("keel-auth", config, work, {"KEEL_ADMIN_KEY": ADMIN_KEY}, timeout_s=60)
     with httpx.Client(base_url=url, timeout=30, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as admin:

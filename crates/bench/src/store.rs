@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
 fn row(i: usize, base: i64, body: &str) -> Record {
     Record {
         id: format!("bench-{base}-{i}"),
+        client_request_id: None,
         ts_ms: base + i as i64,
         key_id: Some(format!("key_{}", i % 50)),
         tenant: Some("bench".into()),
@@ -70,7 +71,7 @@ fn row(i: usize, base: i64, body: &str) -> Record {
         model_requested: Some("bench".into()),
         model_served: Some("mock/mock-model".into()),
         status: 200,
-        outcome: "ok".into(),
+        outcome: keel_store::Outcome::Ok,
         error_class: None,
         stream: i % 2 == 1,
         attempts: vec![AttemptRow {

@@ -65,6 +65,8 @@ struct PartialChoice {
     refusal: Option<String>,
     tool_calls: BTreeMap<u32, ToolCall>,
     finish_reason: Option<FinishReason>,
+    /// The choice's vendor fields (the stop sequence it stopped on).
+    extra: keel_types::Extra,
 }
 
 impl Assembler {
@@ -115,6 +117,7 @@ impl Assembler {
             if c.finish_reason.is_some() {
                 p.finish_reason.clone_from(&c.finish_reason);
             }
+            p.extra.extend(c.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
 
@@ -131,7 +134,7 @@ impl Assembler {
                 }
                 message.refusal = p.refusal;
                 message.tool_calls = (!tool_calls.is_empty()).then_some(tool_calls);
-                Choice { index, message, finish_reason: p.finish_reason, logprobs: None }
+                Choice { index, message, finish_reason: p.finish_reason, logprobs: None, extra: p.extra }
             })
             .collect();
         ChatResponse {
@@ -161,7 +164,7 @@ pub fn replay(resp: &ChatResponse) -> Vec<ChatChunk> {
         extra: Default::default(),
     };
     let one = |index: u32, delta: Delta, finish_reason: Option<FinishReason>| {
-        vec![ChunkChoice { index, delta, finish_reason, logprobs: None }]
+        vec![ChunkChoice { index, delta, finish_reason, logprobs: None, extra: Default::default() }]
     };
     let mut out = Vec::new();
     for c in &resp.choices {
@@ -189,7 +192,11 @@ pub fn replay(resp: &ChatResponse) -> Vec<ChatChunk> {
             };
             out.push(chunk(one(c.index, Delta { tool_calls: Some(vec![delta]), ..Delta::default() }, None), None));
         }
-        out.push(chunk(one(c.index, Delta::default(), c.finish_reason.clone()), None));
+        let mut last = one(c.index, Delta::default(), c.finish_reason.clone());
+        for l in &mut last {
+            l.extra.clone_from(&c.extra);
+        }
+        out.push(chunk(last, None));
     }
     if resp.usage.is_some() {
         out.push(chunk(Vec::new(), resp.usage.clone()));

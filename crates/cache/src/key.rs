@@ -95,6 +95,10 @@ fn request_value(req: &ChatRequest) -> Value {
         if let Some(max) = obj.remove("max_completion_tokens") {
             obj.insert("max_tokens".into(), max);
         }
+        // An Anthropic client's beta features change what Anthropic answers (its fields are in `extra` already).
+        if let Some(beta) = req.anthropic.as_ref().and_then(|a| a.beta.as_deref()) {
+            obj.insert("@anthropic-beta".into(), Value::String(beta.to_string()));
+        }
     }
     v
 }

@@ -121,8 +121,39 @@ struct Inner {
 }
 
 enum Bucket {
-    Flat(Vec<u64>),
+    /// Searched exhaustively; `building` while its graph is being built (outside the index's lock).
+    Flat {
+        ids: Vec<u64>,
+        building: bool,
+    },
     Graph(Arc<Graph>),
+}
+
+/// A scope that outgrew the flat search: the vectors to build its graph from, taken under the lock; the
+/// graph is built without it ([`GraphBuild::build`]) and swapped in by [`SemanticIndex::install`], so that
+/// lookups never wait for a graph to be built.
+pub struct GraphBuild {
+    scope: Key,
+    dims: usize,
+    items: Vec<(u64, Vec<f32>)>,
+}
+
+/// A graph built from a [`GraphBuild`], ready to be installed.
+pub struct BuiltGraph {
+    scope: Key,
+    ids: std::collections::HashSet<u64>,
+    index: usearch::Index,
+}
+
+impl GraphBuild {
+    /// Builds the scope's HNSW graph: the costly part, run by the caller with no lock held.
+    pub fn build(self) -> Result<BuiltGraph, CacheError> {
+        let index = new_graph(self.dims, self.items.len())?;
+        for (id, vector) in &self.items {
+            index.add(*id, vector).map_err(backend)?;
+        }
+        Ok(BuiltGraph { scope: self.scope, ids: self.items.iter().map(|(id, _)| *id).collect(), index })
+    }
 }
 
 /// An HNSW graph. usearch adds and searches concurrently once capacity is reserved, so both take the read
@@ -168,37 +199,56 @@ impl SemanticIndex {
                 .values()
                 .map(|b| match b {
                     Bucket::Graph(g) => g.0.read().map_or(0, |i| i.memory_usage()),
-                    Bucket::Flat(_) => 0,
+                    Bucket::Flat { .. } => 0,
                 })
                 .sum()
         })
     }
 
-    /// Adds an entry; evicts the oldest when full. Returns the ids evicted.
+    /// Adds an entry; evicts the oldest when full. Returns the ids evicted. When the entry's scope outgrows
+    /// the flat search, its graph is built here, after the index's lock is released.
     pub fn insert(&self, entry: Entry) -> Result<Vec<u64>, CacheError> {
+        let (evicted, build) = self.insert_deferred(entry)?;
+        if let Some(build) = build {
+            self.install(build.build()?)?;
+        }
+        Ok(evicted)
+    }
+
+    /// Adds an entry as [`SemanticIndex::insert`] does, but hands back the graph to build when the scope
+    /// outgrew the flat search: the caller builds it where blocking is fine and [`SemanticIndex::install`]s it;
+    /// until then the scope is searched exhaustively.
+    pub fn insert_deferred(&self, entry: Entry) -> Result<(Vec<u64>, Option<GraphBuild>), CacheError> {
         if entry.turns.is_empty() || entry.turns.iter().any(|t| t.vector.len() != self.dims) {
             return Err(CacheError::Backend(format!("semantic entry needs {}-dimensional vectors", self.dims)));
         }
         let id = entry.id;
         let scope = entry.scope;
         let last = entry.turns.last().map(|t| t.vector.clone()).unwrap_or_default();
-        let (graph, evicted) = {
+        let (graph, build, evicted) = {
             let mut inner = self.inner.write().map_err(|_| CacheError::Backend("semantic index poisoned".into()))?;
             inner.entries.insert(id, Arc::new(entry));
             inner.order.push_back(id);
-            let bucket = inner.scopes.entry(scope).or_insert_with(|| Bucket::Flat(Vec::new()));
-            let graph = match bucket {
-                Bucket::Flat(ids) => {
+            let bucket = inner.scopes.entry(scope).or_insert_with(|| Bucket::Flat { ids: Vec::new(), building: false });
+            let (graph, mut build) = match bucket {
+                Bucket::Flat { ids, building } => {
                     ids.push(id);
-                    if ids.len() > FLAT_MAX {
-                        let ids = std::mem::take(ids);
-                        let graph = build_graph(self.dims, &ids, &inner.entries)?;
-                        inner.scopes.insert(scope, graph);
+                    if ids.len() > FLAT_MAX && !*building {
+                        *building = true;
+                        (None, Some(ids.clone()))
+                    } else {
+                        (None, None)
                     }
-                    None
                 }
-                Bucket::Graph(g) => Some(g.clone()),
+                Bucket::Graph(g) => (Some(g.clone()), None),
             };
+            let items = build.take().map(|ids| {
+                ids.iter()
+                    .filter_map(|id| {
+                        inner.entries.get(id).and_then(|e| e.turns.last()).map(|t| (*id, t.vector.clone()))
+                    })
+                    .collect::<Vec<_>>()
+            });
             let mut evicted = Vec::new();
             while inner.entries.len() > self.max_entries {
                 let Some(old) = inner.order.pop_front() else { break };
@@ -206,12 +256,35 @@ impl SemanticIndex {
                     evicted.push(old);
                 }
             }
-            (graph, evicted)
+            let build = items.map(|items| GraphBuild { scope, dims: self.dims, items });
+            (graph, build, evicted)
         };
         if let Some(g) = graph {
             g.add(id, &last)?;
         }
-        Ok(evicted)
+        Ok((evicted, build))
+    }
+
+    /// Swaps a built graph in for its scope's flat list, adding what was inserted and removing what was evicted
+    /// while it was being built. A scope that emptied meanwhile drops it.
+    pub fn install(&self, built: BuiltGraph) -> Result<(), CacheError> {
+        let mut inner = self.inner.write().map_err(|_| CacheError::Backend("semantic index poisoned".into()))?;
+        let Some(Bucket::Flat { ids, building: true }) = inner.scopes.get(&built.scope) else { return Ok(()) };
+        let now: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        let index = built.index;
+        for gone in built.ids.difference(&now) {
+            let _ = index.remove(*gone);
+        }
+        for id in now.difference(&built.ids) {
+            if let Some(last) = inner.entries.get(id).and_then(|e| e.turns.last()) {
+                if index.size() + 1 > index.capacity() {
+                    index.reserve((index.capacity() * 2).max(1024)).map_err(backend)?;
+                }
+                index.add(*id, &last.vector).map_err(backend)?;
+            }
+        }
+        inner.scopes.insert(built.scope, Bucket::Graph(Arc::new(Graph(RwLock::new(index)))));
+        Ok(())
     }
 
     /// Removes expired entries; returns their ids.
@@ -235,7 +308,7 @@ impl SemanticIndex {
         // A small scope's ids are borrowed, not copied, per lookup.
         let candidates: std::borrow::Cow<'_, [u64]> = match inner.scopes.get(scope) {
             None => return out,
-            Some(Bucket::Flat(ids)) => std::borrow::Cow::Borrowed(ids.as_slice()),
+            Some(Bucket::Flat { ids, .. }) => std::borrow::Cow::Borrowed(ids.as_slice()),
             Some(Bucket::Graph(g)) => match g
                 .0
                 .read()
@@ -294,7 +367,7 @@ fn remove(inner: &mut Inner, id: u64) -> bool {
     let mut empty = false;
     if let Some(bucket) = inner.scopes.get_mut(&e.scope) {
         match bucket {
-            Bucket::Flat(ids) => {
+            Bucket::Flat { ids, .. } => {
                 ids.retain(|x| *x != id);
                 empty = ids.is_empty();
             }
@@ -312,7 +385,7 @@ fn remove(inner: &mut Inner, id: u64) -> bool {
     true
 }
 
-fn build_graph(dims: usize, ids: &[u64], entries: &HashMap<u64, Arc<Entry>>) -> Result<Bucket, CacheError> {
+fn new_graph(dims: usize, n: usize) -> Result<usearch::Index, CacheError> {
     let options = usearch::IndexOptions {
         dimensions: dims,
         metric: usearch::MetricKind::Cos,
@@ -320,13 +393,8 @@ fn build_graph(dims: usize, ids: &[u64], entries: &HashMap<u64, Arc<Entry>>) -> 
         ..Default::default()
     };
     let index = usearch::Index::new(&options).map_err(backend)?;
-    index.reserve((ids.len() * 2).max(1024)).map_err(backend)?;
-    for id in ids {
-        if let Some(last) = entries.get(id).and_then(|e| e.turns.last()) {
-            index.add(*id, &last.vector).map_err(backend)?;
-        }
-    }
-    Ok(Bucket::Graph(Arc::new(Graph(RwLock::new(index)))))
+    index.reserve((n * 2).max(1024)).map_err(backend)?;
+    Ok(index)
 }
 
 fn backend(e: impl std::fmt::Display) -> CacheError {
@@ -335,7 +403,7 @@ fn backend(e: impl std::fmt::Display) -> CacheError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 
@@ -479,5 +547,40 @@ mod tests {
         }
         let asked = vectors.len().div_ceil(7);
         assert!(found * 100 >= asked * 98, "recall {found}/{asked}");
+    }
+
+    #[test]
+    fn lookups_go_on_while_a_scope_graph_is_built_and_nothing_added_meanwhile_is_lost() {
+        let dims = 16;
+        let index = SemanticIndex::new(dims, 10_000);
+        let s = Key([7; 32]);
+        let v =
+            |i: usize| (0..dims).map(|d| if d == i % dims { 1.0 } else { (i * 31 + d * 7) as f32 % 0.37 }).collect();
+        let e = |i: usize| Entry {
+            id: i as u64 + 1,
+            scope: s,
+            turns: vec![Turn::new(format!("q{i}"), v(i))],
+            expires_ms: i64::MAX,
+            answer: answer("a"),
+        };
+        let mut pending = None;
+        for i in 0..=FLAT_MAX {
+            let (_, build) = index.insert_deferred(e(i)).unwrap();
+            if build.is_some() {
+                pending = build;
+            }
+        }
+        let build = pending.expect("the scope outgrew the flat search");
+        // The graph is not built yet: lookups are answered from the flat list, and inserts go on.
+        assert_eq!(index.graph_memory(), 0);
+        let probe = [Turn::new("q3".into(), v(3))];
+        assert_eq!(index.lookup(&s, &probe, 0.99, 0).hit.map(|(e, _)| e.id), Some(4));
+        let (_, again) = index.insert_deferred(e(FLAT_MAX + 1)).unwrap();
+        assert!(again.is_none(), "one build per scope at a time");
+        // Built without any lock held, then swapped in with the entry added meanwhile.
+        index.install(build.build().unwrap()).unwrap();
+        assert!(index.graph_memory() > 0);
+        let late = [Turn::new(format!("q{}", FLAT_MAX + 1), v(FLAT_MAX + 1))];
+        assert_eq!(index.lookup(&s, &late, 0.99, 0).hit.map(|(e, _)| e.id), Some(FLAT_MAX as u64 + 2));
     }
 }

@@ -14,7 +14,7 @@ pub(crate) async fn parts(
     cfg: &Config,
     providers: &keel_providers::Providers,
     routes: &RouteTable,
-    store: Option<Arc<dyn keel_store::Store>>,
+    store: Option<Arc<dyn keel_store::CacheStore>>,
 ) -> anyhow::Result<CacheParts> {
     let exact: Arc<dyn keel_cache::ExactBackend> = match &cfg.cache.backend {
         CacheBackend::Memory { max_bytes } => Arc::new(keel_cache::MemoryBackend::new(*max_bytes)),
@@ -29,14 +29,14 @@ pub(crate) async fn parts(
     } else {
         None
     };
-    Ok(CacheParts { exact, semantic })
+    Ok(CacheParts::new(exact, semantic))
 }
 
 async fn semantic(
     cfg: &Config,
     providers: &keel_providers::Providers,
     routes: &RouteTable,
-    store: Option<Arc<dyn keel_store::Store>>,
+    store: Option<Arc<dyn keel_store::CacheStore>>,
 ) -> anyhow::Result<Option<Semantic>> {
     let model = &cfg.cache.semantic_model;
     let target = routes
@@ -87,7 +87,6 @@ async fn semantic(
         });
     }
     tracing::info!(model, dims, "semantic cache on");
-    let store = store.map(|s| Arc::new(s) as Arc<dyn keel_pipeline::SemanticStore>);
     Ok(Some(Semantic { index, embedder, store }))
 }
 

@@ -52,8 +52,14 @@ model = "all-minilm-l6-v2"
 /// The default configuration text for this environment.
 pub(crate) fn text(env: &dyn Env) -> String {
     let mut out = String::from("# keel's embedded default configuration.\n[server]\nlisten = \"127.0.0.1:8080\"\n");
-    out.push_str(LOCAL);
+    let local = cfg!(feature = "local");
+    if local {
+        out.push_str(LOCAL);
+    }
     let with_fallback = |block: &str| {
+        if !local {
+            return block.to_string();
+        }
         // Every chat model falls back to the local one; embedding models have no equivalent fallback.
         let mut table = "";
         block.lines().fold(String::new(), |mut acc, line| {

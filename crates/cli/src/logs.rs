@@ -4,21 +4,19 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use keel_config::Config;
 use keel_store::{Query, Record};
 
 use crate::LogsArgs;
 
-pub(crate) async fn run(cfg: &Config, args: &LogsArgs) -> anyhow::Result<()> {
-    let store = keel_store::open(&cfg.store)
-        .await
-        .with_context(|| format!("opening the request log store {}", display_url(&cfg.store)))?;
+pub(crate) async fn run(url: &str, args: &LogsArgs) -> anyhow::Result<()> {
+    let store =
+        keel_store::open(url).await.with_context(|| format!("opening the request log store {}", display_url(url)))?;
     let since_ms = args.since.as_deref().map(parse_since).transpose()?;
     let mut query = Query {
         key_id: args.key.clone(),
         model: args.model.clone(),
         status: args.status,
-        outcome: args.outcome.clone(),
+        outcome: args.outcome.map(|o| o.0),
         since_ms,
         limit: Some(args.limit),
         ..Query::default()
@@ -92,8 +90,8 @@ fn print_row(r: &Record, json: bool) -> anyhow::Result<()> {
     };
     let cost = r.cost_usd.map_or_else(|| "-".into(), |c| format!("{c:.6}"));
     let outcome = match &r.error_class {
-        Some(c) if r.outcome != "ok" => format!("{}:{c}", r.outcome),
-        _ => r.outcome.clone(),
+        Some(c) if r.outcome != keel_store::Outcome::Ok => format!("{}:{c}", r.outcome.as_str()),
+        _ => r.outcome.as_str().to_string(),
     };
     println!(
         "{:<24} {:<36} {:>3} {:<19} {:<28} {:>9.1} {:>11} {:>10}",

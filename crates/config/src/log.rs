@@ -90,6 +90,7 @@ pub struct RawAuth {
     pub public: Option<Vec<String>>,
     pub redis: Option<String>,
     pub default_output_tokens: Option<u32>,
+    pub open_admin_on_loopback: Option<bool>,
 }
 
 /// Virtual keys, budgets and rate limits.
@@ -102,8 +103,12 @@ pub struct AuthConfig {
     pub public: Vec<String>,
     /// Shared counters for several keel instances; in-process counters when unset.
     pub redis: Option<String>,
-    /// Output tokens reserved against a budget when a request sets no `max_tokens`.
+    /// Output tokens reserved against a budget when a request sets no `max_tokens`; such a request is capped
+    /// at this many upstream.
     pub default_output_tokens: u32,
+    /// Whether `/admin/*` answers without the admin key when keel listens only on a loopback address (the
+    /// operator's own machine). Without an admin key and without this, `/admin/*` is refused.
+    pub open_admin_on_loopback: bool,
 }
 
 pub(crate) fn resolve_store(raw: RawStore, env: &dyn crate::Env, errors: &mut Errors) -> String {
@@ -147,6 +152,7 @@ pub(crate) fn resolve_auth(raw: RawAuth, env: &dyn crate::Env, errors: &mut Erro
         public: raw.public.unwrap_or_else(|| vec!["/health".into()]),
         redis,
         default_output_tokens: raw.default_output_tokens.unwrap_or(4096).max(1),
+        open_admin_on_loopback: raw.open_admin_on_loopback.unwrap_or(false),
     }
 }
 

@@ -67,6 +67,14 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub log_format: Option<String>,
     pub shutdown_grace_ms: Option<u64>,
+    pub max_in_flight: Option<u32>,
+    pub admission_queue: Option<u32>,
+    pub admission_queue_timeout_ms: Option<u64>,
+    pub max_connections: Option<u32>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_header_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,8 +101,13 @@ pub struct RawProvider {
     pub models_dir: Option<String>,
     /// Local only: CPU threads per generation (default: all cores).
     pub threads: Option<u32>,
-    /// Local only: requests that may wait for the model; more are refused with 429 so a route can fall over.
+    /// Local only: chat requests that may wait for the model; more are refused with 429 so a route can fall over.
     pub queue_depth: Option<u32>,
+    /// Local only: embedding requests that may wait (the semantic cache sends one per chat request).
+    pub embed_queue_depth: Option<u32>,
+    /// The largest answer read from this upstream, in bytes (a whole body, or a whole stream); past it the
+    /// attempt fails with a protocol error instead of holding the memory.
+    pub max_response_bytes: Option<u64>,
     /// Local only: the context window in tokens (default: 2048, at most the model's training context).
     pub context_size: Option<u32>,
     /// Local only: what runs embedding models: "auto" (default: ONNX Runtime when its library is there, else
@@ -125,4 +138,6 @@ pub struct RawModel {
     pub reliability: Option<RawReliability>,
     /// This alias's cache policy over `[cache]`.
     pub cache: Option<crate::cache::RawModelCache>,
+    /// Requests of this alias in flight at once, at most (default: three quarters of `server.max_in_flight`).
+    pub max_in_flight: Option<u32>,
 }

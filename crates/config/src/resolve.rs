@@ -32,6 +32,31 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// After SIGTERM, how long in-flight requests and streams may take to finish before keel exits anyway.
     pub shutdown_grace: Duration,
+    /// API requests in flight at once, at most (instance-wide).
+    pub max_in_flight: usize,
+    /// API requests that may wait for a slot when all are taken; more are refused at once.
+    pub admission_queue: usize,
+    /// How long a request waits for a slot before it is refused.
+    pub admission_queue_timeout: Duration,
+    /// Open client connections, at most; `None`: derived from the process's file descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// The most time a connection may take to send a request's headers, counted from when it is ready for a
+    /// request (new, or idle after an answer): slow or silent clients, and idle keep-alive connections, are
+    /// closed after it.
+    pub header_read_timeout: Duration,
+    /// The most time a request's body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight and no traffic for this long is closed (HTTP/2 too).
+    pub idle_timeout: Duration,
+    /// The most bytes of request headers (names and values) keel reads; more get 431.
+    pub max_header_bytes: usize,
+}
+
+/// The default of `server.max_in_flight`: 256 per core (a request in flight mostly waits on its upstream, and
+/// costs memory, not CPU), at least 64 and at most 4,096.
+pub fn default_max_in_flight() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    (256 * cores).clamp(64, 4096)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,15 +159,24 @@ pub struct ProviderConfig {
     pub pool_max_idle_per_host: usize,
     pub pool_idle_timeout: Duration,
     pub default_max_tokens: u32,
+    /// The largest answer read from the upstream (a body or a whole stream), in bytes.
+    pub max_response_bytes: u64,
     /// Settings of in-process models (kind `local`).
     pub local: LocalSettings,
 }
+
+/// The default bound on one upstream answer: 64 MiB holds a long streamed answer many times over (100,000
+/// tokens stream as about 20 MiB of SSE), and bounds what a broken upstream can make keel hold.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalSettings {
     pub models_dir: Option<std::path::PathBuf>,
     pub threads: Option<u32>,
+    /// Chat requests that may wait for the model.
     pub queue_depth: u32,
+    /// Embedding requests that may wait.
+    pub embed_queue_depth: u32,
     pub context_size: u32,
     pub embeddings_engine: EmbeddingsEngine,
     pub onnxruntime_library: Option<std::path::PathBuf>,
@@ -190,6 +224,9 @@ pub struct ModelAlias {
     /// A JSON Schema every answer must satisfy, whatever the request says.
     pub response_schema: Option<serde_json::Value>,
     pub cache: crate::cache::CachePolicy,
+    /// Requests of this alias in flight at once, at most; `None`: three quarters of `server.max_in_flight`,
+    /// so that one stalled upstream cannot take every slot.
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -209,6 +246,7 @@ impl std::fmt::Display for ModelTarget {
     }
 }
 
+#[derive(Default)]
 pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
@@ -320,7 +358,41 @@ fn resolve_server(raw: RawServer, errors: &mut Errors) -> ServerConfig {
         }
     };
     let shutdown_grace = Duration::from_millis(raw.shutdown_grace_ms.unwrap_or(30_000));
-    ServerConfig { listen, max_body_bytes, log_format, shutdown_grace }
+    let positive = |v: Option<u64>, key: &str, errors: &mut Errors| -> Option<u64> {
+        match v {
+            Some(0) => {
+                errors.push(format!("server.{key}"), "must be greater than 0");
+                None
+            }
+            v => v,
+        }
+    };
+    let ms = |v: Option<u64>, default: u64, key: &str, errors: &mut Errors| {
+        Duration::from_millis(positive(v, key, errors).unwrap_or(default))
+    };
+    let count = |v: Option<u32>, key: &str, errors: &mut Errors| {
+        positive(v.map(u64::from), key, errors).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    };
+    let max_in_flight = count(raw.max_in_flight, "max_in_flight", errors).unwrap_or_else(default_max_in_flight);
+    let admission_queue = match raw.admission_queue {
+        Some(n) => n as usize,
+        None => max_in_flight / 4,
+    };
+    ServerConfig {
+        listen,
+        max_body_bytes,
+        log_format,
+        shutdown_grace,
+        max_in_flight,
+        admission_queue,
+        admission_queue_timeout: ms(raw.admission_queue_timeout_ms, 1_000, "admission_queue_timeout_ms", errors),
+        max_connections: count(raw.max_connections, "max_connections", errors),
+        header_read_timeout: ms(raw.header_read_timeout_ms, 30_000, "header_read_timeout_ms", errors),
+        body_read_timeout: ms(raw.body_read_timeout_ms, 60_000, "body_read_timeout_ms", errors),
+        idle_timeout: ms(raw.idle_timeout_ms, 60_000, "idle_timeout_ms", errors),
+        max_header_bytes: positive(raw.max_header_bytes, "max_header_bytes", errors)
+            .map_or(64 * 1024, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+    }
 }
 
 fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Errors) -> Option<ProviderConfig> {
@@ -416,10 +488,15 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
         pool_max_idle_per_host: raw.pool_max_idle_per_host.unwrap_or(64),
         pool_idle_timeout,
         default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
+        max_response_bytes: raw.max_response_bytes.filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
         local: LocalSettings {
             models_dir: raw.models_dir.map(std::path::PathBuf::from),
             threads: raw.threads.filter(|t| *t > 0),
-            queue_depth: raw.queue_depth.unwrap_or(4),
+            // A small burst (a page of tabs, a retry wave) waits its turn instead of being refused; deeper
+            // queues only add waiting time on a model that generates one answer at a time.
+            queue_depth: raw.queue_depth.unwrap_or(16).max(1),
+            // Embeddings take milliseconds; the semantic cache asks for one per chat request.
+            embed_queue_depth: raw.embed_queue_depth.unwrap_or(256).max(1),
             context_size: raw.context_size.unwrap_or(2048).max(64),
             embeddings_engine,
             onnxruntime_library: raw.onnxruntime_library.map(std::path::PathBuf::from),
@@ -497,5 +574,12 @@ fn resolve_model(
         reliability,
         response_schema,
         cache: crate::cache::CachePolicy::default(),
+        max_in_flight: match raw.max_in_flight {
+            Some(0) => {
+                errors.push(format!("models.{name}.max_in_flight"), "must be greater than 0");
+                None
+            }
+            n => n.map(|n| n as usize),
+        },
     })
 }

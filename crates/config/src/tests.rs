@@ -85,12 +85,49 @@ fn unknown_kind_and_inline_secret_are_rejected() {
 
 #[test]
 fn unknown_keys_and_bad_types_are_rejected() {
-    check_err("[server]\nlisten = 8080\n", expect![[r#"at byte 18: invalid type: integer `8080`, expected a string"#]]);
+    check_err(
+        "[server]\nlisten = 8080\n",
+        expect!["server.listen: invalid type: integer `8080`, expected a string (at line 2, column 1)"],
+    );
     check_err(
         "[sever]\n",
         expect![
-            "at byte 1: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache`"
+            "sever: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache` (at line 1, column 2)"
         ],
+    );
+}
+
+#[test]
+fn every_type_error_and_unknown_key_is_reported_with_its_line_column_and_path() {
+    check_err(
+        r#"
+[server]
+listen = 8080
+max_body_bytes = "big"
+lissen = "x"
+
+[providers.openai]
+api_key_env = "OPENAI_API_KEY"
+timeout = 5
+
+[models.fast]
+provider = "openai"
+cache = { mode = 7 }
+"#,
+        expect![[r#"
+            models.fast.cache.mode: invalid type: integer `7`, expected a string (at line 13, column 11)
+            providers.openai.timeout: unknown field `timeout`, expected one of `kind`, `base_url`, `api_key_env`, `api_key`, `api_version`, `headers`, `connect_timeout_ms`, `request_timeout_ms`, `pool_max_idle_per_host`, `pool_idle_timeout_ms`, `default_max_tokens`, `models_dir`, `threads`, `queue_depth`, `embed_queue_depth`, `max_response_bytes`, `context_size`, `embeddings_engine`, `onnxruntime_library` (at line 9, column 1)
+            server.lissen: unknown field `lissen`, expected one of `listen`, `max_body_bytes`, `log_format`, `shutdown_grace_ms`, `max_in_flight`, `admission_queue`, `admission_queue_timeout_ms`, `max_connections`, `header_read_timeout_ms`, `body_read_timeout_ms`, `idle_timeout_ms`, `max_header_bytes` (at line 5, column 1)
+            server.listen: invalid type: integer `8080`, expected a string (at line 3, column 1)
+            server.max_body_bytes: invalid type: string "big", expected u64 (at line 4, column 1)"#]],
+    );
+}
+
+#[test]
+fn a_syntax_error_has_its_line_and_column() {
+    check_err(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = = 3\n",
+        expect![[r#"line 3, column 18: invalid string; expected `"`, `'`"#]],
     );
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use keel_store::{KeyRecord, Store};
+use keel_store::{KeyRecord, LogStore};
 
 use crate::{LimitsError, Periods, to_nano};
 
@@ -25,11 +25,30 @@ use crate::{LimitsError, Periods, to_nano};
 #[derive(Debug)]
 pub enum Admission {
     Admitted(Reservation),
-    /// Refused: why, and when trying again can succeed.
+    /// Refused: by which limit, a message for the client, and when trying again can succeed.
     Denied {
+        limit: Limit,
         reason: String,
         retry_after: Duration,
     },
+}
+
+/// The limit that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Requests per minute.
+    Rpm,
+    /// Tokens per minute.
+    Tpm,
+    DailyBudget,
+    MonthlyBudget,
+}
+
+impl Limit {
+    /// A budget (as opposed to a rate): a refusal may be re-checked with an exact, smaller estimate.
+    pub fn is_budget(self) -> bool {
+        matches!(self, Limit::DailyBudget | Limit::MonthlyBudget)
+    }
 }
 
 /// What an admitted request holds until it ends.
@@ -60,6 +79,7 @@ impl Reservation {
 #[derive(Debug, Clone)]
 struct Window {
     id: String,
+    limit: Limit,
     limit_nano: i64,
     start_ms: i64,
     end_ms: i64,
@@ -85,11 +105,18 @@ pub trait Counters: Send + Sync + 'static {
 fn windows(key: &KeyRecord, p: &Periods) -> Vec<Window> {
     let mut out = Vec::new();
     if let Some(b) = key.budget_daily_usd {
-        out.push(Window { id: p.day.clone(), limit_nano: to_nano(b), start_ms: p.day_start_ms, end_ms: p.day_end_ms });
+        out.push(Window {
+            id: p.day.clone(),
+            limit: Limit::DailyBudget,
+            limit_nano: to_nano(b),
+            start_ms: p.day_start_ms,
+            end_ms: p.day_end_ms,
+        });
     }
     if let Some(b) = key.budget_monthly_usd {
         out.push(Window {
             id: p.month.clone(),
+            limit: Limit::MonthlyBudget,
             limit_nano: to_nano(b),
             start_ms: p.month_start_ms,
             end_ms: p.month_end_ms,
@@ -103,9 +130,12 @@ fn retry_after(now_ms: i64, end_ms: i64) -> Duration {
 }
 
 /// In-process counters: one keel instance (several instances need Redis to share them).
+///
+/// The state sits behind a plain mutex held only for in-memory arithmetic, never across an await: a window's
+/// first request reads the log's spend before taking the lock, so one slow query never stalls every other key.
 pub struct LocalCounters {
-    store: Arc<dyn Store>,
-    state: tokio::sync::Mutex<LocalState>,
+    store: Arc<dyn LogStore>,
+    state: Mutex<LocalState>,
 }
 
 #[derive(Default)]
@@ -117,8 +147,8 @@ struct LocalState {
 }
 
 impl LocalCounters {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, state: tokio::sync::Mutex::new(LocalState::default()) }
+    pub fn new(store: Arc<dyn LogStore>) -> Self {
+        Self { store, state: Mutex::new(LocalState::default()) }
     }
 }
 
@@ -133,31 +163,39 @@ impl Counters for LocalCounters {
             let p = Periods::at(now_ms);
             let wins = windows(key, &p);
             let estimate = to_nano(estimate_usd);
-            // One lock over check-and-reserve: the atomic step. Seeding from the log happens under it too, once
-            // per key and window.
-            let mut st = self.state.lock().await;
-            for w in &wins {
-                let k = (key.id.clone(), w.id.clone());
-                if let std::collections::hash_map::Entry::Vacant(slot) = st.budgets.entry(k) {
-                    let seed = to_nano(self.store.spend_since(&key.id, w.start_ms).await?);
-                    slot.insert((seed, 0));
-                }
+            // Seeding: a window this process has not counted yet starts from the log's sum, read without the
+            // lock. Two first requests may both read it; the first to insert wins and the other's read is
+            // dropped (both read the same log, before any reservation of this process existed).
+            let missing: Vec<&Window> = {
+                let st = self.state.lock().map_err(|_| poisoned())?;
+                wins.iter().filter(|w| !st.budgets.contains_key(&(key.id.clone(), w.id.clone()))).collect()
+            };
+            let mut seeds = Vec::with_capacity(missing.len());
+            for w in missing {
+                seeds.push((w.id.clone(), to_nano(self.store.spend_since(&key.id, w.start_ms).await?)));
+            }
+            // One lock over check-and-reserve: the atomic step.
+            let mut st = self.state.lock().map_err(|_| poisoned())?;
+            if !seeds.is_empty() {
+                // A new window: windows of past days and months are dropped, so the map holds at most two per
+                // key (a reservation from before midnight settles against nothing, which is right).
+                st.budgets.retain(|(_, w), _| *w == p.day || *w == p.month);
+            }
+            for (window, seed) in seeds {
+                st.budgets.entry((key.id.clone(), window)).or_insert((seed, 0));
             }
             st.rates.retain(|(_, minute), _| *minute >= p.minute - 1);
             let rate = st.rates.get(&(key.id.clone(), p.minute)).copied().unwrap_or((0, 0));
             if key.rpm.is_some_and(|rpm| rate.0 >= u64::from(rpm)) {
-                return Ok(rate_denied("rpm", key, now_ms, &p));
+                return Ok(rate_denied(Limit::Rpm, key, now_ms, &p));
             }
             if key.tpm.is_some_and(|tpm| rate.1 >= tpm) {
-                return Ok(rate_denied("tpm", key, now_ms, &p));
+                return Ok(rate_denied(Limit::Tpm, key, now_ms, &p));
             }
             for w in &wins {
                 let (spent, reserved) = st.budgets.get(&(key.id.clone(), w.id.clone())).copied().unwrap_or((0, 0));
                 if spent.saturating_add(reserved).saturating_add(estimate) > w.limit_nano {
-                    return Ok(Admission::Denied {
-                        reason: budget_reason(w, spent),
-                        retry_after: retry_after(now_ms, w.end_ms),
-                    });
+                    return Ok(budget_denied(w, spent, now_ms));
                 }
             }
             for w in &wins {
@@ -173,7 +211,7 @@ impl Counters for LocalCounters {
     fn settle<'a>(&'a self, r: &'a Reservation, cost_usd: f64, tokens: u64) -> BoxFuture<'a, Result<(), LimitsError>> {
         Box::pin(async move {
             let actual = to_nano(cost_usd);
-            let mut st = self.state.lock().await;
+            let mut st = self.state.lock().map_err(|_| poisoned())?;
             for w in &r.windows {
                 if let Some(v) = st.budgets.get_mut(&(r.key_id.clone(), w.clone())) {
                     v.1 -= r.estimate_nano;
@@ -192,10 +230,11 @@ impl Counters for LocalCounters {
     fn spent<'a>(&'a self, key: &'a KeyRecord, now_ms: i64) -> BoxFuture<'a, Result<(f64, f64), LimitsError>> {
         Box::pin(async move {
             let p = Periods::at(now_ms);
-            let st = self.state.lock().await;
-            let get = |w: &str| st.budgets.get(&(key.id.clone(), w.to_string())).map(|v| crate::from_nano(v.0));
-            let (day, month) = (get(&p.day), get(&p.month));
-            drop(st);
+            let (day, month) = {
+                let st = self.state.lock().map_err(|_| poisoned())?;
+                let get = |w: &str| st.budgets.get(&(key.id.clone(), w.to_string())).map(|v| crate::from_nano(v.0));
+                (get(&p.day), get(&p.month))
+            };
             let day = match day {
                 Some(d) => d,
                 None => self.store.spend_since(&key.id, p.day_start_ms).await?,
@@ -209,29 +248,34 @@ impl Counters for LocalCounters {
     }
 }
 
-/// A refusal by the per-minute limit `what` ("rpm" or "tpm"), until the minute ends.
-fn rate_denied(what: &str, key: &KeyRecord, now_ms: i64, p: &Periods) -> Admission {
-    let reason = if what == "rpm" {
-        format!("rate limit: {} requests per minute", key.rpm.unwrap_or(0))
-    } else {
-        format!("rate limit: {} tokens per minute", key.tpm.unwrap_or(0))
-    };
-    Admission::Denied { reason, retry_after: retry_after(now_ms, p.minute_end_ms) }
+fn poisoned() -> LimitsError {
+    LimitsError::Poisoned
 }
 
-fn budget_reason(w: &Window, spent: i64) -> String {
-    let kind = if w.id.starts_with('d') { "daily" } else { "monthly" };
-    format!(
+/// A refusal by a per-minute limit, until the minute ends.
+fn rate_denied(limit: Limit, key: &KeyRecord, now_ms: i64, p: &Periods) -> Admission {
+    let reason = match limit {
+        Limit::Tpm => format!("rate limit: {} tokens per minute", key.tpm.unwrap_or(0)),
+        _ => format!("rate limit: {} requests per minute", key.rpm.unwrap_or(0)),
+    };
+    Admission::Denied { limit, reason, retry_after: retry_after(now_ms, p.minute_end_ms) }
+}
+
+/// A refusal by a budget window, until it ends.
+fn budget_denied(w: &Window, spent: i64, now_ms: i64) -> Admission {
+    let kind = if w.limit == Limit::DailyBudget { "daily" } else { "monthly" };
+    let reason = format!(
         "{kind} budget of ${:.2} reached (spent ${:.4}, plus requests in flight)",
         crate::from_nano(w.limit_nano),
         crate::from_nano(spent)
-    )
+    );
+    Admission::Denied { limit: w.limit, reason, retry_after: retry_after(now_ms, w.end_ms) }
 }
 
 /// Counters in Redis, shared by every keel instance pointing at it. Each decision is one Lua script, so it is
 /// atomic across instances.
 pub struct RedisCounters {
-    store: Arc<dyn Store>,
+    store: Arc<dyn LogStore>,
     conn: redis::aio::ConnectionManager,
     admit: redis::Script,
     settle: redis::Script,
@@ -290,12 +334,12 @@ return 1
 "#;
 
 impl RedisCounters {
-    pub async fn connect(url: &str, store: Arc<dyn Store>) -> Result<Self, LimitsError> {
+    pub async fn connect(url: &str, store: Arc<dyn LogStore>) -> Result<Self, LimitsError> {
         Self::connect_with_prefix(url, store, "keel").await
     }
 
     /// With a key prefix of one's own (tests share one Redis).
-    pub async fn connect_with_prefix(url: &str, store: Arc<dyn Store>, prefix: &str) -> Result<Self, LimitsError> {
+    pub async fn connect_with_prefix(url: &str, store: Arc<dyn LogStore>, prefix: &str) -> Result<Self, LimitsError> {
         let client = redis::Client::open(url)?;
         let conn = redis::aio::ConnectionManager::new(client).await?;
         Ok(Self {
@@ -360,20 +404,21 @@ impl Counters for RedisCounters {
             if admitted {
                 return Ok(Admission::Admitted(Reservation::new(key, wins, estimate, p.minute)));
             }
+            // The script's answer names the limit in its own protocol (see ADMIT), read once here.
             let what: String = out.get(1).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default();
             let denied = match what.as_str() {
-                "rpm" | "tpm" => rate_denied(&what, key, now_ms, &p),
+                "rpm" => rate_denied(Limit::Rpm, key, now_ms, &p),
+                "tpm" => rate_denied(Limit::Tpm, key, now_ms, &p),
                 _ => {
                     let i: usize = out.get(2).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or(1);
                     let spent: i64 = out.get(3).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or(0);
                     match wins.get(i.saturating_sub(1)) {
-                        Some(w) => Admission::Denied {
-                            reason: budget_reason(w, spent),
-                            retry_after: retry_after(now_ms, w.end_ms),
+                        Some(w) => budget_denied(w, spent, now_ms),
+                        None => Admission::Denied {
+                            limit: Limit::DailyBudget,
+                            reason: "budget reached".into(),
+                            retry_after: Duration::from_secs(60),
                         },
-                        None => {
-                            Admission::Denied { reason: "budget reached".into(), retry_after: Duration::from_secs(60) }
-                        }
                     }
                 }
             };

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_store::{KeyRecord, Store};
+use keel_store::{KeyRecord, KeyStore};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -66,19 +66,38 @@ impl NewKey {
     }
 }
 
-/// Verifies secrets against the store, with a cache.
+/// The most secrets each of the caches holds. Past it, expired entries go first; if all are live, the cache
+/// is emptied (what follows costs a store query per secret until the cache refills, nothing more).
+const CACHE_MAX: usize = 100_000;
+
+/// Verifies secrets against the store, with a cache of known keys and a negative cache of unknown secrets, so
+/// that neither a valid key nor a flood of invalid ones reaches the store on every request.
 pub struct Keys {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KeyStore>,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+    /// Hashes of secrets no key has, and when that was learned. A key created through this process is known
+    /// at once (its secret is new); created elsewhere, within `ttl`.
+    unknown: Mutex<HashMap<String, Instant>>,
+}
+
+/// Inserts into a bounded cache: expired entries make room first, then everything.
+fn bounded_insert<V>(cache: &mut HashMap<String, V>, key: String, value: V, expired: impl Fn(&V) -> bool) {
+    if cache.len() >= CACHE_MAX {
+        cache.retain(|_, v| !expired(v));
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+    }
+    cache.insert(key, value);
 }
 
 impl Keys {
-    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
-        Self { store, ttl, cache: Mutex::new(HashMap::new()) }
+    pub fn new(store: Arc<dyn KeyStore>, ttl: Duration) -> Self {
+        Self { store, ttl, cache: Mutex::new(HashMap::new()), unknown: Mutex::new(HashMap::new()) }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
     }
 
@@ -122,14 +141,21 @@ impl Keys {
         {
             return Ok(Some(key.clone()).filter(|k| k.revoked_ms.is_none()));
         }
-        let Some(key) = self.store.key_by_hash(&hash).await? else { return Ok(None) };
+        if let Ok(unknown) = self.unknown.lock()
+            && unknown.get(&hash).is_some_and(|at| at.elapsed() < self.ttl)
+        {
+            return Ok(None);
+        }
+        let ttl = self.ttl;
+        let Some(key) = self.store.key_by_hash(&hash).await? else {
+            if let Ok(mut unknown) = self.unknown.lock() {
+                bounded_insert(&mut unknown, hash, Instant::now(), |at| at.elapsed() >= ttl);
+            }
+            return Ok(None);
+        };
         let key = Arc::new(key);
         if let Ok(mut cache) = self.cache.lock() {
-            // Bounded: a flood of distinct valid keys cannot grow it without limit.
-            if cache.len() >= 100_000 {
-                cache.clear();
-            }
-            cache.insert(hash, (key.clone(), Instant::now()));
+            bounded_insert(&mut cache, hash, (key.clone(), Instant::now()), |(_, at)| at.elapsed() >= ttl);
         }
         Ok(Some(key).filter(|k| k.revoked_ms.is_none()))
     }

@@ -10,7 +10,7 @@ mod counters;
 mod keys;
 mod period;
 
-pub use counters::{Admission, Counters, LocalCounters, RedisCounters, Reservation};
+pub use counters::{Admission, Counters, Limit, LocalCounters, RedisCounters, Reservation};
 pub use keys::{Keys, NewKey, generate_secret, hash_secret};
 pub use period::Periods;
 
@@ -20,6 +20,9 @@ pub enum LimitsError {
     Store(#[from] keel_store::StoreError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A thread panicked while holding the in-process counters (a bug); they can no longer be trusted.
+    #[error("the in-process budget counters are unusable after an internal error")]
+    Poisoned,
 }
 
 /// US dollars to nano-dollars, rounded up: a budget check never under-counts.

@@ -55,8 +55,8 @@ async fn spend_concurrently(counters: Vec<Arc<dyn Counters>>, key: KeyRecord) ->
                         total.fetch_add(to_nano(cost), Ordering::Relaxed);
                         i += 1;
                     }
-                    Admission::Denied { reason, retry_after } => {
-                        assert!(reason.contains("budget"), "{reason}");
+                    Admission::Denied { limit, reason, retry_after } => {
+                        assert_eq!(limit, keel_limits::Limit::DailyBudget, "{reason}");
                         assert!(retry_after.as_secs() > 0);
                         break;
                     }
@@ -108,6 +108,7 @@ async fn spend_already_in_the_log_counts_against_the_budget() {
     let store = store().await;
     let mut row = keel_store::Record {
         id: "old".into(),
+        client_request_id: None,
         ts_ms: keel_store::now_ms(),
         key_id: Some("k-seeded".into()),
         tenant: None,
@@ -116,7 +117,7 @@ async fn spend_already_in_the_log_counts_against_the_budget() {
         model_requested: None,
         model_served: None,
         status: 200,
-        outcome: "ok".into(),
+        outcome: keel_store::Outcome::Ok,
         error_class: None,
         stream: false,
         attempts: Vec::new(),
@@ -135,7 +136,10 @@ async fn spend_already_in_the_log_counts_against_the_budget() {
     row.id = "old2".into();
     let c = LocalCounters::new(store);
     match c.admit(&key("k-seeded", Some(1.0), None), ESTIMATE, keel_store::now_ms()).await.unwrap() {
-        Admission::Denied { reason, .. } => assert!(reason.contains("daily budget"), "{reason}"),
+        Admission::Denied { limit, reason, .. } => {
+            assert_eq!(limit, keel_limits::Limit::DailyBudget, "{reason}");
+            assert!(reason.contains("daily budget"), "{reason}");
+        }
         Admission::Admitted(_) => panic!("$0.99 spent + $0.03 estimate exceeds $1.00"),
     }
 }
@@ -154,7 +158,8 @@ async fn requests_per_minute_are_limited_in_process_and_in_redis() {
             assert!(matches!(c.admit(&k, 0.0, now + i).await.unwrap(), Admission::Admitted(_)), "request {i}");
         }
         match c.admit(&k, 0.0, now + 10).await.unwrap() {
-            Admission::Denied { reason, retry_after } => {
+            Admission::Denied { limit, reason, retry_after } => {
+                assert_eq!(limit, keel_limits::Limit::Rpm);
                 assert!(reason.contains("10 requests per minute"), "{reason}");
                 assert_eq!(retry_after.as_millis(), 60_000 - 1_010);
             }

@@ -27,10 +27,25 @@ pub struct Generation {
     pub completion_tokens: u64,
 }
 
+/// The sampling a model's makers recommend, applied when a request sets none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+}
+
 /// A chat model running in-process. `generate` blocks: it runs on a worker thread.
 pub trait ChatEngine: Send + Sync + 'static {
     /// Generates, handing each piece of text to `emit`; `emit` returning false (the client went away) stops it.
     fn generate(&self, params: &GenerateParams, emit: &mut dyn FnMut(&str) -> bool) -> Result<Generation, LocalError>;
+
+    /// The model's recommended sampling, when known.
+    fn recommended(&self) -> Sampling {
+        Sampling::default()
+    }
+
+    /// The context window in tokens: prompt and answer together.
+    fn context_size(&self) -> u32;
 }
 
 /// A sentence-embedding model running in-process. `embed` blocks: it runs on a worker thread.

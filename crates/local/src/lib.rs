@@ -14,10 +14,11 @@ mod text;
 mod worker;
 
 pub use bert::BertEmbedder;
-pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation};
+pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation, Sampling};
 pub use llama::LlamaEngine;
 pub use onnx::OrtEmbedder;
 pub use provider::{LocalProvider, ModelKind};
+pub use worker::WorkerStats;
 
 /// What can go wrong with a local model.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,9 +50,14 @@ impl LocalError {
             LocalError::BadRequest(_) => ErrorKind::InvalidRequest,
             LocalError::Unsupported(_) => ErrorKind::Unsupported,
             LocalError::ContextLength(_) => ErrorKind::ContextLengthExceeded,
-            LocalError::Busy(_) => ErrorKind::RateLimited,
+            LocalError::Busy(_) => ErrorKind::Busy,
             LocalError::Cancelled => ErrorKind::StreamIncomplete,
         };
-        keel_providers::ProviderError::new(id, kind, self.to_string())
+        let mut e = keel_providers::ProviderError::new(id, kind, self.to_string());
+        if kind == ErrorKind::Busy {
+            // A generation takes seconds; asking again sooner only finds the queue full again.
+            e.retry_after = Some(std::time::Duration::from_secs(1));
+        }
+        e
     }
 }

@@ -14,7 +14,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 
 use crate::LocalError;
-use crate::engine::{ChatEngine, GenerateParams, Generation};
+use crate::engine::{ChatEngine, GenerateParams, Generation, Sampling};
 use crate::text::{Step, TextAssembler};
 
 /// llama.cpp's global state, initialised once per process.
@@ -35,6 +35,7 @@ pub struct LlamaEngine {
     template: LlamaChatTemplate,
     threads: i32,
     n_ctx: u32,
+    recommended: Sampling,
 }
 
 impl LlamaEngine {
@@ -46,7 +47,18 @@ impl LlamaEngine {
             .chat_template(None)
             .map_err(|e| LocalError::Engine(format!("{}: no usable chat template: {e}", path.display())))?;
         let n_ctx = context_size.min(model.n_ctx_train()).max(64);
-        Ok(Self { model, template, threads: i32::try_from(threads.max(1)).unwrap_or(1), n_ctx })
+        // GGUF files may carry their makers' sampling (`general.sampling.*`, llama.cpp's convention).
+        let meta = |key: &str| model.meta_val_str(key).ok().and_then(|v| v.trim().parse::<f32>().ok());
+        let recommended =
+            Sampling { temperature: meta("general.sampling.temp"), top_p: meta("general.sampling.top_p") };
+        Ok(Self { model, template, threads: i32::try_from(threads.max(1)).unwrap_or(1), n_ctx, recommended })
+    }
+
+    /// Sampling to use where the GGUF file names none (a packaged model's card).
+    pub fn with_recommended(mut self, fallback: Sampling) -> Self {
+        self.recommended.temperature = self.recommended.temperature.or(fallback.temperature);
+        self.recommended.top_p = self.recommended.top_p.or(fallback.top_p);
+        self
     }
 
     fn prompt(&self, messages: &[(String, String)]) -> Result<String, LocalError> {
@@ -82,6 +94,14 @@ impl LlamaEngine {
 }
 
 impl ChatEngine for LlamaEngine {
+    fn recommended(&self) -> Sampling {
+        self.recommended
+    }
+
+    fn context_size(&self) -> u32 {
+        self.n_ctx
+    }
+
     fn generate(&self, params: &GenerateParams, emit: &mut dyn FnMut(&str) -> bool) -> Result<Generation, LocalError> {
         let backend = backend()?;
         let prompt = self.prompt(&params.messages)?;

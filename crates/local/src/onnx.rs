@@ -30,7 +30,16 @@ pub fn environment(library: &Path) -> Result<&'static Environment, LocalError> {
     ENVIRONMENT
         .get_or_init(|| {
             let builder = ort::init_from(library).map_err(|e| e.to_string())?;
-            builder.with_name("keel").with_telemetry(false).build().map_err(|e| e.to_string())
+            // ONNX Runtime logs every graph optimisation at its info level; only what needs attention is kept.
+            let logger: ort::logging::LoggerFunction =
+                std::sync::Arc::new(|level, category, _id, _at, message| match level {
+                    ort::logging::LogLevel::Warning => tracing::warn!(target: "onnxruntime", category, "{message}"),
+                    ort::logging::LogLevel::Error | ort::logging::LogLevel::Fatal => {
+                        tracing::error!(target: "onnxruntime", category, "{message}")
+                    }
+                    ort::logging::LogLevel::Verbose | ort::logging::LogLevel::Info => {}
+                });
+            builder.with_name("keel").with_telemetry(false).with_logger(logger).build().map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| LocalError::Engine(format!("ONNX Runtime: {e}")))
@@ -46,8 +55,8 @@ pub fn find_library(configured: Option<&Path>, models_dir: &Path) -> Option<Path
         .filter(|p| p.is_file())
 }
 
-/// The runtime library's file name in the models directory (the release keel is tested against; `ort` needs at
-/// least the API of its `api-22` feature, ONNX Runtime 1.22).
+/// The runtime library's file name in the models directory: the release keel is tested against, and the one
+/// the binding is built for (`ort`'s `api-31` feature: ONNX Runtime 1.31), so that no version warning is due.
 pub fn library_file_name() -> &'static str {
     crate::models::ONNXRUNTIME.target
 }

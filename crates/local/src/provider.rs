@@ -16,7 +16,7 @@ use keel_types::{
 };
 
 use crate::engine::{ChatEngine, EmbedEngine, GenerateParams};
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerStats};
 use crate::{BertEmbedder, LlamaEngine, LocalError, OrtEmbedder, models};
 
 /// What a loaded local model does.
@@ -40,12 +40,11 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub fn new(cfg: &ProviderConfig) -> Result<Self, LocalError> {
         let settings = cfg.local.clone();
-        let depth = settings.queue_depth as usize;
         Ok(Self {
             id: cfg.id.clone(),
             dir: models::models_dir(settings.models_dir.as_deref()),
-            chat: Worker::spawn("keel-local-chat", depth)?,
-            embed: Worker::spawn("keel-local-embed", depth)?,
+            chat: Worker::spawn("keel-local-chat", settings.queue_depth as usize)?,
+            embed: Worker::spawn("keel-local-embed", settings.embed_queue_depth as usize)?,
             settings,
             chat_engines: Mutex::new(HashMap::new()),
             embed_engines: Mutex::new(HashMap::new()),
@@ -67,9 +66,11 @@ impl LocalProvider {
         }
         let path = models::resolve(name, &self.dir).await?;
         let (threads, ctx) = (self.threads(), self.settings.context_size);
+        let card = models::packaged(name).map(|p| p.sampling).unwrap_or_default();
         let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&path, threads, ctx))
             .await
-            .map_err(|e| LocalError::Engine(e.to_string()))??;
+            .map_err(|e| LocalError::Engine(e.to_string()))??
+            .with_recommended(card);
         if let Ok(mut m) = self.chat_engines.lock() {
             m.insert(name.to_string(), Arc::new(engine));
         }
@@ -121,6 +122,11 @@ impl LocalProvider {
         })
     }
 
+    /// The chat and embedding workers' counters (queue full, panics, abandoned generations).
+    pub fn stats(&self) -> (Arc<WorkerStats>, Arc<WorkerStats>) {
+        (self.chat.stats().clone(), self.embed.stats().clone())
+    }
+
     fn next_id(&self) -> String {
         format!("chatcmpl-local-{}", self.counter.fetch_add(1, Ordering::Relaxed))
     }
@@ -159,8 +165,10 @@ fn load_embedder(
     Ok(engine)
 }
 
-/// The generation parameters of a canonical request; what a local model cannot honour is refused clearly.
-fn params(req: &ChatRequest) -> Result<GenerateParams, LocalError> {
+/// The generation parameters of a canonical request for `engine`; what a local model cannot honour is refused
+/// clearly. Sampling the client did not set is the model's recommended one (else the API's defaults, 1.0); the
+/// answer's length is capped at the context window, which bounds it anyway.
+fn params(req: &ChatRequest, engine: &dyn ChatEngine) -> Result<GenerateParams, LocalError> {
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(LocalError::Unsupported("the local model does not support tool calls".into()));
     }
@@ -197,11 +205,12 @@ fn params(req: &ChatRequest) -> Result<GenerateParams, LocalError> {
         Some(ResponseFormat::JsonObject) => Some(serde_json::json!({"type": "object"})),
         Some(ResponseFormat::Text) | None => None,
     };
+    let recommended = engine.recommended();
     Ok(GenerateParams {
         messages,
-        max_tokens: req.max_output_tokens(),
-        temperature: req.temperature.map_or(1.0, |t| t as f32),
-        top_p: req.top_p.map_or(1.0, |p| p as f32),
+        max_tokens: Some(req.max_output_tokens().map_or(engine.context_size(), |m| m.min(engine.context_size()))),
+        temperature: req.temperature.map(|t| t as f32).or(recommended.temperature).unwrap_or(1.0),
+        top_p: req.top_p.map(|p| p as f32).or(recommended.top_p).unwrap_or(1.0),
         seed: req.seed.map_or_else(rand_seed, |s| s as u32),
         stops: req.stop.as_ref().map(keel_types::Stop::to_vec).unwrap_or_default(),
         json_schema,
@@ -223,7 +232,7 @@ fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<Finis
         object: "chat.completion.chunk".into(),
         created,
         model: model.to_string(),
-        choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish, logprobs: None }],
+        choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish, logprobs: None, extra: Extra::new() }],
         usage: None,
         system_fingerprint: None,
         extra: Extra::new(),
@@ -237,18 +246,28 @@ impl Provider for LocalProvider {
 
     fn chat(&self, target: &ModelTarget, req: ChatRequest) -> BoxFuture<'static, Result<ChatResponse, ProviderError>> {
         let id = self.id.clone();
-        let prepared = params(&req).and_then(|p| Ok((p, self.chat_engine(&target.model)?)));
+        let prepared = self.chat_engine(&target.model).and_then(|e| Ok((params(&req, &*e)?, e)));
         let (p, engine) = match prepared {
             Ok(v) => v,
             Err(e) => return futures::future::ready(Err(e.into_provider(&id))).boxed(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let stats = self.chat.stats().clone();
         let submitted = self.chat.submit(move || {
+            // Abandoned while it waited (the client left, a timeout fired): nothing to do.
+            if tx.is_closed() {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let mut text = String::new();
+            // Generation stops as soon as nobody waits for the answer: the worker is free for the next request.
             let result = engine.generate(&p, &mut |t| {
                 text.push_str(t);
-                true
+                !tx.is_closed()
             });
+            if matches!(result, Err(LocalError::Cancelled)) {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             let _ = tx.send(result.map(|g| (g, text)));
         });
         let (response_id, model) = (self.next_id(), target.model.clone());
@@ -268,6 +287,7 @@ impl Provider for LocalProvider {
                     message: Message::new(Role::Assistant, text),
                     finish_reason: Some(g.finish),
                     logprobs: None,
+                    extra: Extra::new(),
                 }],
                 usage: Some(Usage::new(g.prompt_tokens, g.completion_tokens)),
                 system_fingerprint: None,
@@ -283,7 +303,7 @@ impl Provider for LocalProvider {
         req: ChatRequest,
     ) -> BoxFuture<'static, Result<ChatStream, ProviderError>> {
         let id = self.id.clone();
-        let prepared = params(&req).and_then(|p| Ok((p, self.chat_engine(&target.model)?)));
+        let prepared = self.chat_engine(&target.model).and_then(|e| Ok((params(&req, &*e)?, e)));
         let (p, engine) = match prepared {
             Ok(v) => v,
             Err(e) => return futures::future::ready(Err(e.into_provider(&id))).boxed(),
@@ -292,7 +312,12 @@ impl Provider for LocalProvider {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ChatChunk, ProviderError>>(16);
         let (response_id, model, created) = (self.next_id(), target.model.clone(), now());
         let job_id = id.clone();
+        let stats = self.chat.stats().clone();
         let submitted = self.chat.submit(move || {
+            if tx.is_closed() {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let opening = Delta { role: Some(Role::Assistant), content: Some(String::new()), ..Delta::default() };
             if tx.blocking_send(Ok(chunk(&response_id, &model, created, opening, None))).is_err() {
                 return;
@@ -310,7 +335,9 @@ impl Provider for LocalProvider {
                     last.usage = Some(Usage::new(g.prompt_tokens, g.completion_tokens));
                     let _ = tx.blocking_send(Ok(last));
                 }
-                Err(LocalError::Cancelled) => {}
+                Err(LocalError::Cancelled) => {
+                    stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e.into_provider(&job_id)));
                 }
@@ -350,7 +377,12 @@ impl Provider for LocalProvider {
         }
         let base64 = req.encoding_format.as_deref() == Some("base64");
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let stats = self.embed.stats().clone();
         let submitted = self.embed.submit(move || {
+            if tx.is_closed() {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             // Batches of 32 bound the memory of one forward pass.
             let mut vectors = Vec::with_capacity(texts.len());
             let mut tokens = 0;

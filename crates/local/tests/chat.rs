@@ -119,13 +119,59 @@ async fn a_full_queue_refuses_at_once_and_tools_are_refused_clearly() {
     let req = request(json!({"temperature": 0, "max_tokens": 40}));
     let calls: Vec<_> = (0..6).map(|_| p.chat(&t, req.clone())).collect();
     let results = futures::future::join_all(calls).await;
-    let busy = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::RateLimited)).count();
+    let busy = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::Busy)).count();
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.health(), None, "a full queue says nothing about the model's health: {e}");
+        assert!(!e.retryable(), "not retried on the same model: {e}");
+    }
     let ok = results.iter().filter(|r| r.is_ok()).count();
     // One may run and one may wait; the rest are refused at once rather than queued without bound.
     assert!((1..=2).contains(&ok), "{ok} served");
-    assert_eq!(busy, 6 - ok, "the others are refused with a retryable 429");
+    assert_eq!(busy, 6 - ok, "the others are refused at once (429 at the edge)");
 
     let tools = request(json!({"tools": [{"type": "function", "function": {"name": "f"}}]}));
     let e = p.chat(&t, tools).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+}
+
+#[tokio::test]
+async fn an_abandoned_generation_stops_and_frees_the_worker() {
+    let (p, t) = provider("queue_depth = 1").await;
+    let (chat, _) = p.stats();
+    // Far more than the context holds: capped at the context window, never refused or run past it.
+    let long = request(json!({
+        "temperature": 0,
+        "max_tokens": 4_000_000,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
+    }));
+    // The caller gives up (a timeout, a client gone): the future is dropped while the model generates.
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(500), p.chat(&t, long)).await;
+    assert!(gave_up.is_err(), "the story takes longer than half a second");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while chat.cancelled.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the abandoned generation never stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The worker is free: with a queue of one, a new request is served, not refused.
+    let next = p.chat(&t, request(json!({"temperature": 0, "max_tokens": 4}))).await.unwrap();
+    assert_eq!(next.usage.unwrap().completion_tokens, 4);
+}
+
+#[tokio::test]
+async fn without_sampling_settings_the_models_recommended_ones_apply() {
+    common::model("smollm2");
+    let config = "[providers.local]\nkind = \"local\"\ncontext_size = 1024\n";
+    let cfg = keel_config::parse(config, &HashMap::<String, String>::new()).unwrap();
+    let p = LocalProvider::new(&cfg.providers[&ProviderId::from("local")]).unwrap();
+    // Loaded by its packaged name, whose model card recommends temperature 0.2 and top_p 0.9 (at the API's
+    // default of 1.0 the 135M model rambles).
+    p.load_chat("smollm2").await.unwrap();
+    let t =
+        ModelTarget { provider: "local".into(), model: "smollm2".into(), deployment: None, supports_prefill: false };
+    let mut paris = 0;
+    for seed in 0..5 {
+        let a = p.chat(&t, request(json!({"seed": seed, "max_tokens": 24}))).await.unwrap();
+        paris += usize::from(text(&a).contains("Paris"));
+    }
+    assert!(paris >= 4, "at the recommended low temperature the small model answers Paris ({paris}/5)");
 }

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -56,30 +57,13 @@ pub struct Saved {
     pub usage: Option<Usage>,
 }
 
-/// Persists semantic entries (the store implements it), so the index survives restarts.
-pub trait SemanticStore: Send + Sync + 'static {
-    fn put(&self, row: keel_store::SemanticRow) -> BoxFuture<'static, Result<(), String>>;
-    fn delete(&self, ids: Vec<i64>) -> BoxFuture<'static, Result<(), String>>;
-}
-
-impl SemanticStore for Arc<dyn keel_store::Store> {
-    fn put(&self, row: keel_store::SemanticRow) -> BoxFuture<'static, Result<(), String>> {
-        let store = self.clone();
-        async move { store.cache_put(&row).await.map_err(|e| e.to_string()) }.boxed()
-    }
-
-    fn delete(&self, ids: Vec<i64>) -> BoxFuture<'static, Result<(), String>> {
-        let store = self.clone();
-        async move { store.cache_delete(&ids).await.map(|_| ()).map_err(|e| e.to_string()) }.boxed()
-    }
-}
-
 /// The semantic layer: its index, the embeddings model, where entries persist.
 #[derive(Clone)]
 pub struct Semantic {
     pub index: Arc<SemanticIndex>,
     pub embedder: Embedder,
-    pub store: Option<Arc<dyn SemanticStore>>,
+    /// Where entries persist, so the index survives restarts.
+    pub store: Option<Arc<dyn keel_store::CacheStore>>,
 }
 
 /// Embeds text through the configured embeddings model's first target.
@@ -99,8 +83,8 @@ impl Embedder {
         self.target.to_string()
     }
 
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, String> {
-        let provider = self.providers.get(&self.target.provider).ok_or("embeddings provider is not available")?;
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let provider = self.providers.get(&self.target.provider).ok_or(EmbedError::Unavailable)?;
         let n = texts.len();
         let req = EmbeddingsRequest {
             model: self.target.model.clone(),
@@ -110,19 +94,34 @@ impl Embedder {
             user: None,
             extra: Default::default(),
         };
-        let mut resp = provider.embeddings(&self.target, req).await.map_err(|e| e.to_string())?;
+        let mut resp = provider.embeddings(&self.target, req).await.map_err(EmbedError::Provider)?;
         resp.data.sort_by_key(|e| e.index);
         let vectors: Vec<Vec<f32>> = resp
             .data
             .iter()
             .map(|e| e.embedding.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()))
             .collect::<Option<_>>()
-            .ok_or("embeddings came back in an unexpected encoding")?;
+            .ok_or(EmbedError::Encoding)?;
         if vectors.len() != n {
-            return Err(format!("asked for {n} embeddings, got {}", vectors.len()));
+            return Err(EmbedError::Count { asked: n, got: vectors.len() });
         }
         Ok(vectors)
     }
+}
+
+/// Why the semantic layer's embeddings could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmbedError {
+    #[error("the embeddings model's provider is not available")]
+    Unavailable,
+    #[error(transparent)]
+    Provider(keel_providers::ProviderError),
+    #[error("embeddings came back in an unexpected encoding")]
+    Encoding,
+    #[error("asked for {asked} embeddings, got {got}")]
+    Count { asked: usize, got: usize },
+    #[error("no embeddings within {0} ms")]
+    Timeout(u128),
 }
 
 /// The cache's parts, shared by every request.
@@ -130,6 +129,103 @@ impl Embedder {
 pub struct CacheParts {
     pub exact: Arc<dyn ExactBackend>,
     pub semantic: Option<Semantic>,
+    writes: Writes,
+}
+
+/// What the cache stage has done besides hits and misses (the metrics read it).
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Answers not stored because the write queue was full.
+    pub writes_dropped: AtomicU64,
+    /// Semantic lookups skipped because the request's embedding failed (the model's queue full, a timeout, an
+    /// error): each is a plain miss, and its answer is stored for exact hits only.
+    pub embed_failures: AtomicU64,
+    /// Answers stored (exact and semantic).
+    pub stored: AtomicU64,
+}
+
+/// How many answers may wait to be stored. Storing is an optimisation: when the queue is full, an answer is
+/// not stored (and counted), never waited for.
+const WRITE_QUEUE: usize = 1024;
+
+/// The queue of answers to store, drained by one task (up to 16 stores at once), off the request path.
+#[derive(Clone)]
+struct Writes {
+    tx: tokio::sync::mpsc::Sender<Store>,
+    stats: Arc<CacheStats>,
+}
+
+/// One answer to store.
+struct Store {
+    exact: Arc<dyn ExactBackend>,
+    key: Key,
+    answer: Arc<CachedAnswer>,
+    ttl: std::time::Duration,
+    semantic: Option<(Semantic, Entry, Option<keel_store::SemanticRow>)>,
+}
+
+impl CacheParts {
+    /// The cache's parts; starts the task that stores answers (on the current runtime).
+    pub fn new(exact: Arc<dyn ExactBackend>, semantic: Option<Semantic>) -> Self {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Store>(WRITE_QUEUE);
+        let stats = Arc::new(CacheStats::default());
+        let items = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
+        let counted = stats.clone();
+        tokio::spawn(items.for_each_concurrent(16, move |store| {
+            let stats = counted.clone();
+            async move {
+                store.run().await;
+                stats.stored.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        Self { exact, semantic, writes: Writes { tx, stats } }
+    }
+
+    pub fn stats(&self) -> &Arc<CacheStats> {
+        &self.writes.stats
+    }
+}
+
+impl Store {
+    async fn run(self) {
+        if let Err(e) = self.exact.put(self.key, self.answer, self.ttl).await {
+            tracing::warn!(error = %e, "cache write failed");
+        }
+        let Some((sem, entry, row)) = self.semantic else { return };
+        // The index insert (and, when a scope outgrows the flat search, its graph's build) is CPU work: it runs
+        // on the blocking pool, never on the request path's threads.
+        let index = sem.index.clone();
+        let inserted = tokio::task::spawn_blocking(move || {
+            let (evicted, build) = index.insert_deferred(entry)?;
+            if let Some(build) = build {
+                index.install(build.build()?)?;
+            }
+            Ok::<_, keel_cache::CacheError>(evicted)
+        })
+        .await;
+        let evicted = match inserted {
+            Ok(Ok(evicted)) => evicted,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "semantic cache insert failed");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "semantic cache insert panicked");
+                return;
+            }
+        };
+        let (Some(store), Some(row)) = (sem.store, row) else { return };
+        if let Err(e) = store.cache_put(&row).await {
+            tracing::warn!(error = %e, "persisting a semantic cache entry failed");
+        }
+        let ids: Vec<i64> = evicted.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
+        if !ids.is_empty()
+            && let Err(e) = store.cache_delete(&ids).await
+        {
+            tracing::warn!(error = %e, "deleting evicted semantic cache entries failed");
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -265,7 +361,7 @@ impl CacheParts {
         // A slow embeddings model must not hold the request: past the limit the semantic layer is skipped.
         let embedded = tokio::time::timeout(EMBED_TIMEOUT, sem.embedder.embed(inputs))
             .await
-            .unwrap_or_else(|_| Err(format!("no embeddings within {} ms", EMBED_TIMEOUT.as_millis())));
+            .unwrap_or_else(|_| Err(EmbedError::Timeout(EMBED_TIMEOUT.as_millis())));
         match embedded {
             Ok(vectors) if vectors.iter().all(|v| v.len() == sem.index.dims()) => {
                 let turns = keel_cache::semantic::turns_from(texts, vectors)?;
@@ -276,7 +372,8 @@ impl CacheParts {
                 None
             }
             Err(e) => {
-                tracing::warn!(error = %e, "embedding for the semantic cache failed; skipped");
+                self.writes.stats.embed_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "embedding for the semantic cache failed; skipped");
                 None
             }
         }
@@ -311,6 +408,7 @@ struct Writer {
 }
 
 impl Writer {
+    /// Queues a complete answer for storing; returns at once (a full queue skips it, counted).
     fn store(self, resp: &ChatResponse) {
         if !keel_cache::storable(resp) {
             return;
@@ -318,37 +416,21 @@ impl Writer {
         let Some((provider, model)) = self.served else { return };
         let now = keel_store::now_ms();
         let answer = Arc::new(CachedAnswer { response: resp.clone(), provider, model, created_ms: now });
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let exact = self.parts.exact.clone();
-        let (key, ttl) = (self.key, self.ttl);
-        let stored = answer.clone();
-        rt.spawn(async move {
-            if let Err(e) = exact.put(key, stored, ttl).await {
-                tracing::warn!(error = %e, "cache write failed");
+        let semantic = match (self.parts.semantic.clone(), self.semantic) {
+            (Some(sem), Some(q)) => {
+                let expires_ms = now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
+                let id = rand::random::<u64>() >> 1;
+                let row = sem.store.as_ref().map(|_| row_of(id, &q, now, expires_ms, &answer));
+                let entry = Entry { id, scope: q.scope, turns: q.turns, expires_ms, answer: answer.clone() };
+                Some((sem, entry, row))
             }
-        });
-        let (Some(sem), Some(q)) = (self.parts.semantic, self.semantic) else { return };
-        let expires_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let id = rand::random::<u64>() >> 1;
-        let row = sem.store.as_ref().map(|_| row_of(id, &q, now, expires_ms, &answer));
-        let entry = Entry { id, scope: q.scope, turns: q.turns, expires_ms, answer };
-        match sem.index.insert(entry) {
-            Ok(evicted) => {
-                if let (Some(store), Some(row)) = (sem.store, row) {
-                    rt.spawn(async move {
-                        if let Err(e) = store.put(row).await {
-                            tracing::warn!(error = %e, "persisting a semantic cache entry failed");
-                        }
-                        let ids: Vec<i64> = evicted.iter().filter_map(|i| i64::try_from(*i).ok()).collect();
-                        if !ids.is_empty()
-                            && let Err(e) = store.delete(ids).await
-                        {
-                            tracing::warn!(error = %e, "deleting evicted semantic cache entries failed");
-                        }
-                    });
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "semantic cache insert failed"),
+            _ => None,
+        };
+        let store = Store { exact: self.parts.exact.clone(), key: self.key, answer, ttl: self.ttl, semantic };
+        let writes = &self.parts.writes;
+        if writes.tx.try_send(store).is_err() {
+            writes.stats.writes_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("cache write queue full; an answer was not stored");
         }
     }
 }
@@ -376,10 +458,13 @@ fn row_of(id: u64, q: &SemanticQuery, now: i64, expires_ms: i64, answer: &Cached
 
 /// Rebuilds the semantic index from the store at startup; returns how many entries were loaded. Rows that
 /// cannot be read (another embeddings model's size, a damaged row) are skipped and deleted.
-pub async fn load_semantic(index: &SemanticIndex, store: &Arc<dyn keel_store::Store>) -> Result<usize, String> {
+pub async fn load_semantic(
+    index: &SemanticIndex,
+    store: &Arc<dyn keel_store::CacheStore>,
+) -> Result<usize, keel_store::StoreError> {
     let now = keel_store::now_ms();
     let _ = store.cache_purge(now).await;
-    let rows = store.cache_load(now).await.map_err(|e| e.to_string())?;
+    let rows = store.cache_load(now).await?;
     let (mut loaded, mut bad) = (0, Vec::new());
     for row in rows {
         match entry_of(&row, index.dims()) {

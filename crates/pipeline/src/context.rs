@@ -47,14 +47,62 @@ pub struct RequestContext {
     pub cache: Option<crate::cache::CacheOutcome>,
 }
 
-/// The attempt records of one request, shared with the stream that outlives the pipeline call.
+/// The attempt records of one request, shared with the stream that outlives the pipeline call. An attempt is
+/// recorded when it starts ([`AttemptOutcome::InFlight`]) and updated in place when it ends, so that an outer
+/// stage (the log of a request its client abandoned) sees the upstream call that was under way, and an attempt
+/// is never listed twice.
 #[derive(Debug, Clone, Default)]
 pub struct Attempts(Arc<Mutex<Vec<AttemptRecord>>>);
 
+/// Which attempt of [`Attempts`] to update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptId(usize);
+
 impl Attempts {
+    /// Records a finished attempt (or one that was not sent).
     pub fn push(&self, record: AttemptRecord) {
         if let Ok(mut v) = self.0.lock() {
             v.push(record);
+        }
+    }
+
+    /// Records an attempt that starts now; [`Attempts::end`] sets how it went.
+    pub fn start(&self, record: AttemptRecord) -> AttemptId {
+        match self.0.lock() {
+            Ok(mut v) => {
+                v.push(record);
+                AttemptId(v.len() - 1)
+            }
+            Err(_) => AttemptId(usize::MAX),
+        }
+    }
+
+    /// Sets the outcome (and the time it took) of a started attempt.
+    pub fn end(&self, id: AttemptId, outcome: AttemptOutcome, latency: Duration) {
+        if let Ok(mut v) = self.0.lock()
+            && let Some(a) = v.get_mut(id.0)
+        {
+            a.outcome = outcome;
+            a.latency = latency;
+        }
+    }
+
+    /// Sets the outcome of an attempt, its latency as it was (a stream that failed after its first token).
+    pub fn set_outcome(&self, id: AttemptId, outcome: AttemptOutcome) {
+        if let Ok(mut v) = self.0.lock()
+            && let Some(a) = v.get_mut(id.0)
+        {
+            a.outcome = outcome;
+        }
+    }
+
+    /// Records what an attempt that did not report its usage consumed, as estimated (a stream that broke
+    /// after part of its answer).
+    pub fn set_usage(&self, id: AttemptId, usage: AttemptUsage) {
+        if let Ok(mut v) = self.0.lock()
+            && let Some(a) = v.get_mut(id.0)
+        {
+            a.usage = Some(usage);
         }
     }
 
@@ -91,20 +139,53 @@ pub struct AttemptRecord {
     pub model: String,
     /// When the attempt started, from the request's arrival.
     pub started_after: Duration,
-    /// How long until the full answer (non-streamed) or the response headers (streamed).
+    /// How long until the full answer (non-streamed) or the first token (streamed).
     pub latency: Duration,
     pub outcome: AttemptOutcome,
+    /// What the attempt consumed, when keel had to estimate it because the answer that would have said so never
+    /// came (a stream broken after part of its answer). The attempt that answered reports its own usage.
+    pub usage: Option<AttemptUsage>,
+}
+
+/// Tokens an attempt consumed, as estimated by keel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptUsage {
+    pub input: u64,
+    pub output: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
+    /// Sent, and not ended yet.
+    InFlight,
     Ok,
     Failed {
         kind: ErrorKind,
         status: Option<u16>,
     },
+    /// Served the start of a stream that then failed (`kind`): part of the answer came from it.
+    FailedMidStream {
+        kind: ErrorKind,
+    },
     /// Not sent: the target's circuit was open.
     CircuitOpen,
+}
+
+impl AttemptOutcome {
+    /// The attempt's text in the log and the metrics: "ok", "in_flight", "circuit_open", or the error's class.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AttemptOutcome::InFlight => "in_flight",
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Failed { kind, .. } | AttemptOutcome::FailedMidStream { kind } => kind.as_str(),
+            AttemptOutcome::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// Whether the upstream was called (and may have billed for it).
+    pub fn was_sent(&self) -> bool {
+        !matches!(self, AttemptOutcome::CircuitOpen)
+    }
 }
 
 /// The operations keel serves.
@@ -160,9 +241,13 @@ pub enum GatewayError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error("model {model:?} is not configured")]
-    UnknownModel { model: String, known: Vec<String> },
+    UnknownModel { model: String },
     #[error("provider {0} is configured but not available")]
     ProviderUnavailable(ProviderId),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// Refused by admission control: every slot taken (of the alias, or of the whole instance) and no room to
+    /// wait. Nothing was sent upstream.
+    #[error("keel is at capacity{}; try again shortly", alias.as_ref().map(|a| format!(" for model {a:?}")).unwrap_or_default())]
+    Overloaded { alias: Option<String>, retry_after: Duration },
 }

@@ -132,7 +132,7 @@ where
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
         let Some(plan) = self.table.plan(req.op.model()) else {
-            let error = GatewayError::UnknownModel { model: req.op.model().to_string(), known: self.table.names() };
+            let error = GatewayError::UnknownModel { model: req.op.model().to_string() };
             return futures::future::ready(Ok(GatewayResponse { ctx: req.ctx, result: Err(error) })).boxed();
         };
         req.ctx.route = Some(plan.clone());

@@ -38,6 +38,11 @@ pub enum ErrorKind {
     InvalidOutput,
     /// Not sent: keel's circuit breaker for the target is open after repeated failures.
     CircuitOpen,
+    /// keel itself is stopping: an answer still streaming at the shutdown deadline is cut with this error.
+    Shutdown,
+    /// Refused at once because the target's own bounded queue is full (keel's in-process model): back-pressure,
+    /// not a fault. Not retried on the same target, not counted by its circuit breaker; another target may serve.
+    Busy,
 }
 
 impl ErrorKind {
@@ -59,6 +64,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::InvalidOutput => "invalid_output",
             ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Shutdown => "shutdown",
         }
     }
 }
@@ -80,6 +87,13 @@ pub struct ProviderError {
 impl ProviderError {
     pub fn new(provider: &ProviderId, kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { provider: provider.clone(), kind, status: None, message: message.into(), code: None, retry_after: None }
+    }
+
+    /// What the failure tells the target's circuit breaker: `Some(false)` for a fault of the target,
+    /// `Some(true)` for a failure of the request on a working target, `None` for back-pressure (a full queue),
+    /// which says neither.
+    pub fn health(&self) -> Option<bool> {
+        (self.kind != ErrorKind::Busy).then(|| !self.unhealthy())
     }
 
     /// Whether the failure says something about the target's health (the circuit breaker counts these), as

@@ -9,6 +9,7 @@ mod error;
 mod http;
 mod openai;
 mod registry;
+mod scrub;
 mod sse;
 
 use futures::future::BoxFuture;

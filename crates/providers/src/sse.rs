@@ -2,27 +2,39 @@
 
 use std::collections::VecDeque;
 
-use eventsource_stream::{Event, Eventsource};
+use bytes::Bytes;
+use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 use keel_config::ProviderId;
 use keel_types::ChatChunk;
 
-use crate::http::error_chain;
+use crate::http::{BoundedError, bounded_stream, error_chain};
 use crate::{ChatStream, ErrorKind, ProviderError};
 
-/// The SSE events of a streamed response. A body that breaks mid-way yields one `StreamIncomplete` error.
-fn events(
+/// The SSE events of a streamed body, at most `limit` bytes in all. A body that breaks mid-way yields one
+/// `StreamIncomplete` error; one that is not SSE, or too large, one `Protocol` error.
+fn events<S, E>(
     provider: ProviderId,
-    resp: reqwest::Response,
-) -> impl Stream<Item = Result<Event, ProviderError>> + Send + 'static {
-    resp.bytes_stream().eventsource().map(move |item| {
+    body: S,
+    limit: u64,
+) -> impl Stream<Item = Result<Event, ProviderError>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    bounded_stream(body, limit).eventsource().map(move |item| {
         item.map_err(|e| {
             let (kind, what) = match &e {
-                eventsource_stream::EventStreamError::Utf8(_) => (ErrorKind::Protocol, "invalid UTF-8 in stream"),
-                eventsource_stream::EventStreamError::Parser(_) => {
-                    (ErrorKind::Protocol, "malformed server-sent events")
+                EventStreamError::Utf8(_) => (ErrorKind::Protocol, "invalid UTF-8 in stream"),
+                EventStreamError::Parser(_) => (ErrorKind::Protocol, "malformed server-sent events"),
+                EventStreamError::Transport(BoundedError::TooLarge(_) | BoundedError::LineTooLong) => {
+                    let mut err = ProviderError::new(&provider, ErrorKind::Protocol, e.to_string());
+                    err.code = Some("response_too_large".into());
+                    return err;
                 }
-                eventsource_stream::EventStreamError::Transport(_) => (ErrorKind::StreamIncomplete, "stream broke"),
+                EventStreamError::Transport(BoundedError::Transport(_)) => {
+                    (ErrorKind::StreamIncomplete, "stream broke")
+                }
             };
             ProviderError::new(&provider, kind, format!("{what}: {}", error_chain(&e)))
         })
@@ -52,11 +64,27 @@ struct State<S, D> {
     provider: ProviderId,
 }
 
-/// The canonical chunk stream of an upstream SSE response. It ends silently only after the vendor's end marker;
-/// a body that ends early or breaks yields a final `StreamIncomplete` error, after every chunk already decoded.
-pub(crate) fn chat_stream<D: Decoder>(provider: ProviderId, resp: reqwest::Response, decoder: D) -> ChatStream {
+/// The canonical chunk stream of an upstream SSE response of at most `limit` bytes. It ends silently only after
+/// the vendor's end marker (or a complete answer, see [`Decoder::end_without_marker`]); a body that ends early
+/// or breaks yields a final `StreamIncomplete` error, after every chunk already decoded.
+pub(crate) fn chat_stream<D: Decoder>(
+    provider: ProviderId,
+    resp: reqwest::Response,
+    limit: u64,
+    decoder: D,
+) -> ChatStream {
+    decode(provider, resp.bytes_stream(), limit, decoder)
+}
+
+/// [`chat_stream`] over any byte stream: what the fuzz targets drive with arbitrary bytes.
+pub(crate) fn decode<S, E, D>(provider: ProviderId, body: S, limit: u64, decoder: D) -> ChatStream
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+    D: Decoder,
+{
     let state = State {
-        events: Box::pin(events(provider.clone(), resp)),
+        events: Box::pin(events(provider.clone(), body, limit)),
         decoder,
         pending: VecDeque::new(),
         error: None,

@@ -374,3 +374,113 @@ fn message_constructor_is_canonical() {
     let m = Message::new(Role::User, "hi");
     assert_eq!(serde_json::to_value(&m).unwrap(), json!({"role": "user", "content": "hi"}));
 }
+
+/// A provider of `kind` at the mock, with `extra` lines in its table.
+async fn provider_with(kind_lines: &str, mock: &MockUpstream) -> std::sync::Arc<dyn Provider> {
+    let text = format!("[providers.p]\n{}\n", kind_lines.replace("{url}", &mock.url()));
+    let env = HashMap::from([("KEY".to_string(), "sk-conformance".to_string())]);
+    let cfg = keel_config::parse(&text, &env).unwrap();
+    Providers::from_config(cfg.providers.values()).unwrap().get(&ProviderId::from("p")).unwrap().clone()
+}
+
+fn target() -> ModelTarget {
+    ModelTarget { provider: ProviderId::from("p"), model: "up-model".into(), deployment: None, supports_prefill: false }
+}
+
+fn sse(events: &[&str]) -> String {
+    events.iter().map(|e| format!("data: {e}\n\n")).collect()
+}
+
+const CHUNK_TEXT: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
+const CHUNK_STOP: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+const CHUNK_USAGE: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+const CHUNK_TEXT_1: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":1,"delta":{"content":"Ho"},"finish_reason":null}]}"#;
+
+#[tokio::test]
+async fn a_stream_without_its_end_marker_is_complete_only_when_every_choice_finished() {
+    let mock = MockUpstream::start().await.unwrap();
+    let p = provider_with("kind = \"openai_compatible\"\nbase_url = \"{url}/v1\"", &mock).await;
+    // Finished, with usage, body closed cleanly without [DONE]: a complete answer.
+    mock.enqueue(Reply::raw(200, "text/event-stream", sse(&[CHUNK_TEXT, CHUNK_STOP, CHUNK_USAGE])));
+    let (chunks, error) = collect(p.chat_stream(&target(), request(true)).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text_of(&chunks), "Hi");
+    assert!(chunks.iter().any(|c| c.usage.is_some()));
+    // Text, then a clean close without a finish reason: cut, however cleanly.
+    mock.enqueue(Reply::raw(200, "text/event-stream", sse(&[CHUNK_TEXT])));
+    let (_, error) = collect(p.chat_stream(&target(), request(true)).await.unwrap()).await;
+    assert_eq!(error.map(|e| e.kind), Some(ErrorKind::StreamIncomplete));
+    // Two choices (n = 2), only the first finished: cut.
+    mock.enqueue(Reply::raw(200, "text/event-stream", sse(&[CHUNK_TEXT, CHUNK_TEXT_1, CHUNK_STOP])));
+    let (_, error) = collect(p.chat_stream(&target(), request(true)).await.unwrap()).await;
+    assert_eq!(error.map(|e| e.kind), Some(ErrorKind::StreamIncomplete));
+    // With the marker, the vendor's word is final.
+    mock.enqueue(Reply::raw(200, "text/event-stream", sse(&[CHUNK_TEXT, CHUNK_STOP, "[DONE]"])));
+    let (_, error) = collect(p.chat_stream(&target(), request(true)).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+}
+
+#[tokio::test]
+async fn answers_larger_than_the_limit_fail_clearly() {
+    let mock = MockUpstream::start().await.unwrap();
+    let p =
+        provider_with("kind = \"openai_compatible\"\nbase_url = \"{url}/v1\"\nmax_response_bytes = 4096", &mock).await;
+    let big = "x".repeat(10_000);
+    mock.enqueue(Reply::text(big.clone()));
+    let e = p.chat(&target(), request(false)).await.unwrap_err();
+    assert_eq!((e.kind, e.code.as_deref()), (ErrorKind::Protocol, Some("response_too_large")), "{e}");
+    assert!(e.message.contains("max_response_bytes (4096 bytes)"), "{e}");
+    // A stream: what fits is delivered, then one error.
+    mock.enqueue(Reply::text(big));
+    let (_, error) = collect(p.chat_stream(&target(), request(true)).await.unwrap()).await;
+    let error = error.expect("a stream over the limit ends in an error");
+    assert_eq!((error.kind, error.code.as_deref()), (ErrorKind::Protocol, Some("response_too_large")), "{error}");
+    // One endless line: refused at the line bound, whatever the total limit.
+    let p = provider_with("kind = \"openai_compatible\"\nbase_url = \"{url}/v1\"", &mock).await;
+    mock.enqueue(Reply::raw(200, "text/event-stream", format!("data: {}", "y".repeat(3 << 20))));
+    let (_, error) = collect(p.chat_stream(&target(), request(true)).await.unwrap()).await;
+    assert_eq!(error.map(|e| (e.kind, e.code)), Some((ErrorKind::Protocol, Some("response_too_large".into()))));
+}
+
+#[tokio::test]
+async fn what_anthropic_cannot_express_is_unsupported_so_a_route_can_fall_over() {
+    let mock = MockUpstream::start().await.unwrap();
+    let p = provider_with("kind = \"anthropic\"\nbase_url = \"{url}\"\napi_key_env = \"KEY\"", &mock).await;
+    let mut req = request(false);
+    req.extra.insert("n".into(), json!(2));
+    let e = p.chat(&target(), req).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+    assert!(e.message.starts_with("n: "), "the field is named: {e}");
+    assert_eq!(mock.attempt_count(), 0, "nothing was sent");
+}
+
+#[tokio::test]
+async fn an_anthropic_clients_fields_and_beta_header_reach_anthropic_and_no_one_else() {
+    let mock = MockUpstream::start().await.unwrap();
+    let anthropic = provider_with("kind = \"anthropic\"\nbase_url = \"{url}\"\napi_key_env = \"KEY\"", &mock).await;
+    let openai = provider_with("kind = \"openai\"\nbase_url = \"{url}/v1\"\napi_key_env = \"KEY\"", &mock).await;
+    let mut req = request(false);
+    req.extra.insert("inference_geo".into(), json!("eu"));
+    req.anthropic = Some(Box::new(keel_types::AnthropicOrigin {
+        fields: vec!["inference_geo".into()],
+        beta: Some("context-1m-2025-08-07".into()),
+    }));
+    anthropic.chat(&target(), req.clone()).await.unwrap();
+    openai.chat(&target(), req).await.unwrap();
+    let attempts = mock.attempts();
+    let (to_anthropic, to_openai) = (&attempts[0], &attempts[1]);
+    assert_eq!(to_anthropic.body["inference_geo"], "eu");
+    assert_eq!(to_anthropic.header("anthropic-beta"), Some("context-1m-2025-08-07"));
+    assert!(to_openai.body.get("inference_geo").is_none(), "OpenAI rejects unknown Anthropic fields");
+    assert_eq!(to_openai.header("anthropic-beta"), None);
+}
+
+#[tokio::test]
+async fn metadata_reaches_an_openai_compatible_server() {
+    let mock = MockUpstream::start().await.unwrap();
+    let p = provider_with("kind = \"openai_compatible\"\nbase_url = \"{url}/v1\"", &mock).await;
+    let mut req = request(false);
+    req.metadata = Some(json!({"team": "search"}));
+    p.chat(&target(), req).await.unwrap();
+    assert_eq!(mock.attempts()[0].body["metadata"], json!({"team": "search"}));
+}

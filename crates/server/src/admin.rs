@@ -43,12 +43,24 @@ pub(crate) async fn requests(
         }
         .into_response_for(InboundApi::OpenAi);
     };
+    let outcome = match params.outcome.as_deref().map(|o| keel_store::Outcome::parse(o).ok_or(o)) {
+        None => None,
+        Some(Ok(o)) => Some(o),
+        Some(Err(o)) => {
+            let known: Vec<&str> = keel_store::Outcome::ALL.iter().map(|o| o.as_str()).collect();
+            return ApiError::invalid(
+                format!("outcome: unknown outcome {o:?} (known: {})", known.join(", ")),
+                Some("outcome".into()),
+            )
+            .into_response_for(InboundApi::OpenAi);
+        }
+    };
     let query = Query {
         id: params.id,
         key_id: params.key,
         model: params.model,
         status: params.status,
-        outcome: params.outcome,
+        outcome,
         since_ms: params.since_ms,
         until_ms: params.until_ms,
         limit: params.limit,

@@ -2,8 +2,6 @@
 //! same pipeline as every other request, and the answer translated back.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +9,8 @@ use keel_pipeline::{GatewayRequest, InboundApi, Operation, Output, RequestContex
 use keel_types::anthropic::MessagesRequest;
 
 use crate::auth::{self, Principal};
-use crate::log::Outcome;
+use crate::body::RawBody;
+use crate::log::Answer;
 use crate::openai::{cache_request, failed, run, served_by, set_cache, set_cost, set_served_by, unexpected};
 use crate::{ApiError, AppState, body, stream};
 use keel_pipeline::cost;
@@ -22,7 +21,7 @@ pub(crate) async fn messages(
     Extension(id): Extension<RequestId>,
     principal: Option<Extension<Principal>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Response {
     let api = InboundApi::Anthropic;
     let principal = principal.map(|Extension(p)| p);
@@ -31,10 +30,17 @@ pub(crate) async fn messages(
     if let Ok(raw) = &body {
         entry.request(raw);
     }
-    let req = match body::parse::<MessagesRequest>(body).and_then(translate) {
-        Ok(r) => r,
+    let mut req = match body::parse::<MessagesRequest>(body).and_then(translate) {
+        Ok(mut r) => {
+            if let (Some(origin), Some(beta)) =
+                (r.anthropic.as_mut(), headers.get("anthropic-beta").and_then(|v| v.to_str().ok()))
+            {
+                origin.beta = Some(beta.to_string());
+            }
+            r
+        }
         Err(e) => {
-            entry.reject(&e);
+            entry.reject(&e).await;
             return e.into_response_for(api);
         }
     };
@@ -42,17 +48,14 @@ pub(crate) async fn messages(
     let mut ctx = RequestContext::new(id.clone(), api, &model);
     entry.attach(&ctx, req.stream, None);
     if let Err(e) = cache_request(&mut ctx, principal.as_ref(), &headers) {
-        entry.reject(&e);
+        entry.reject(&e).await;
         return e.into_response_for(api);
     }
-    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), cost::chat_prompt_upper_bound(&req), || {
-        auth::chat_input_tokens(&req)
-    })
-    .await
-    {
+    let (bound, model) = (cost::chat_prompt_upper_bound(&req), req.model.clone());
+    match auth::admit(&app, principal.as_ref(), &model, Some(&mut req), bound, || 0).await {
         Ok(admitted) => entry.admitted(admitted),
         Err(e) => {
-            entry.reject(&e);
+            entry.reject(&e).await;
             return e.into_response_for(api);
         }
     }
@@ -61,12 +64,12 @@ pub(crate) async fn messages(
     entry.cache(resp.ctx.cache.clone());
     let (mut out, cost) = match resp.result {
         Ok(Output::Chat(r)) => {
-            let cost = entry.finish(Outcome::Chat(&r));
+            let cost = entry.finish(Answer::Chat(&r)).await;
             (Json(keel_translate::chat_response_to_messages(r)).into_response(), cost)
         }
-        Ok(Output::ChatStream(s)) => (stream::anthropic(entry.watch(s), id, model), None),
+        Ok(Output::ChatStream(s)) => (stream::anthropic(entry.watch(app.inner.shutdown.guard(s)), id, model), None),
         Ok(Output::Embeddings(_)) => (unexpected(), None),
-        Err(e) => failed(entry, e, api),
+        Err(e) => failed(entry, e, api).await,
     };
     set_served_by(&mut out, served_by);
     set_cost(&mut out, cost);

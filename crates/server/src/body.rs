@@ -1,20 +1,62 @@
-//! Reading a JSON request body into a typed request, with errors that name the offending field.
+//! Reading a request body: bounded in size (a `Content-Length` over the limit is refused before a byte of the
+//! body is read) and in time, then parsed into a typed request with errors that name the offending field.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use crate::ApiError;
+use crate::{ApiError, ServerLimits};
 
-pub(crate) fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large("request body is larger than the configured limit (server.max_body_bytes)")
-        } else {
-            ApiError::invalid(format!("cannot read request body: {}", rejection.body_text()), None)
+/// A request's body as read within the server's limits, or the error that says why it could not be.
+pub(crate) struct RawBody(pub Result<Bytes, ApiError>);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let limits = req.extensions().get::<ServerLimits>().copied().unwrap_or_default();
+        Ok(RawBody(read(req, limits).await))
+    }
+}
+
+async fn read(req: Request, limits: ServerLimits) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "request body is larger than the configured limit of {} bytes (server.max_body_bytes)",
+            limits.max_body_bytes
+        ))
+    };
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(n) = announced {
+        match n.parse::<u64>() {
+            Ok(n) if n > limits.max_body_bytes as u64 => return Err(too_large()),
+            Ok(_) => {}
+            Err(_) => return Err(ApiError::invalid("Content-Length: not a number", None)),
         }
-    })?;
+    }
+    let body = http_body_util::Limited::new(req.into_body(), limits.max_body_bytes);
+    match tokio::time::timeout(limits.body_read_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::invalid(format!("cannot read request body: {e}"), None)),
+        Err(_) => Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: Some("request_timeout".into()),
+            ..ApiError::invalid(
+                format!(
+                    "the request body did not arrive within {} ms (server.body_read_timeout_ms)",
+                    limits.body_read_timeout.as_millis()
+                ),
+                None,
+            )
+        }),
+    }
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(body: Result<Bytes, ApiError>) -> Result<T, ApiError> {
+    let bytes = body?;
     if bytes.is_empty() {
         return Err(ApiError::invalid("request body is empty; expected a JSON object", None));
     }

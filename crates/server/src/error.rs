@@ -22,7 +22,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         Self { status, kind, message: message.into(), code: None, param: None, retry_after: None }
     }
 
@@ -91,15 +91,13 @@ impl ApiError {
 impl From<GatewayError> for ApiError {
     fn from(e: GatewayError) -> Self {
         match e {
-            GatewayError::UnknownModel { model, known } => {
-                let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("The model `{model}` does not exist in this keel gateway. Configured models: {list}."),
-                )
-                .code("model_not_found")
-            }
+            // The configured aliases are not listed: `GET /v1/models` shows a caller the ones it may use.
+            GatewayError::UnknownModel { model } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist in this keel gateway (GET /v1/models lists the models you may use)."),
+            )
+            .code("model_not_found"),
             GatewayError::ProviderUnavailable(id) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -107,6 +105,18 @@ impl From<GatewayError> for ApiError {
             ),
             GatewayError::InvalidRequest(message) => ApiError::invalid(message, None),
             GatewayError::Provider(e) => provider_error(e),
+            GatewayError::Overloaded { alias, retry_after } => {
+                let what = alias.map(|a| format!(" for model `{a}`")).unwrap_or_default();
+                ApiError {
+                    retry_after: Some(retry_after),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded_error",
+                        format!("keel is at capacity{what}: every slot is taken; try again shortly"),
+                    )
+                    .code("overloaded")
+                }
+            }
         }
     }
 }
@@ -121,7 +131,9 @@ fn provider_error(e: ProviderError) -> ApiError {
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("cannot reach {upstream}"))
         }
         ErrorKind::Timeout => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", upstream),
-        ErrorKind::RateLimited => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", upstream),
+        ErrorKind::RateLimited | ErrorKind::Busy => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", upstream)
+        }
         ErrorKind::ContextLengthExceeded => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", upstream).code("context_length_exceeded")
         }
@@ -146,6 +158,11 @@ fn provider_error(e: ProviderError) -> ApiError {
         }
         ErrorKind::InvalidOutput => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", upstream),
         ErrorKind::CircuitOpen => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", upstream),
+        ErrorKind::Shutdown => {
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", e.message.clone());
+            err.code = Some("shutting_down".into());
+            err
+        }
     };
     if err.code.is_none() {
         err.code = e.code;
@@ -170,6 +187,6 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::ht
     .into_response_for(api_of_path(uri.path()))
 }
 
-fn api_of_path(path: &str) -> InboundApi {
+pub(crate) fn api_of_path(path: &str) -> InboundApi {
     if path.starts_with("/v1/messages") { InboundApi::Anthropic } else { InboundApi::OpenAi }
 }

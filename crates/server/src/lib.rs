@@ -1,30 +1,36 @@
-//! The HTTP edge of keel: the axum router, thin handlers for the OpenAI and Anthropic APIs, stream encoding,
-//! and the one mapping from gateway errors to HTTP responses. Only this crate knows axum.
+//! The HTTP edge of keel: connections (timeouts, limits, shutdown), admission control, the axum router, thin
+//! handlers for the OpenAI and Anthropic APIs, stream encoding, and the one mapping from gateway errors to HTTP
+//! responses. Only this crate knows axum and hyper.
 
 mod admin;
+mod admission;
 mod anthropic;
 mod auth;
 mod body;
+mod conn;
 mod error;
+mod limits;
 mod log;
 mod metrics;
 mod openai;
 mod request_id;
+mod shutdown;
 mod stream;
 
-use std::future::{Future, IntoFuture};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use keel_pipeline::{Breakers, Pipeline, RouteTable};
+use keel_pipeline::{Breakers, Limiter, Pipeline, RouteTable};
 
-pub use auth::{Auth, Principal};
+pub use auth::{Auth, Principal, Settler};
+pub use conn::{ConnOptions, ConnStats, serve};
 pub use error::ApiError;
 pub use log::RequestLog;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, Source, SourceKind};
 pub use request_id::enable_request_spans;
+pub use shutdown::Shutdown;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -41,10 +47,50 @@ struct Inner {
     store: Option<Arc<dyn keel_store::Store>>,
     /// Virtual keys and limits; none without a store.
     auth: Option<Arc<Auth>>,
+    admin: AdminAccess,
+    /// Admission control for the whole instance.
+    admission: Arc<Limiter>,
+    shutdown: Shutdown,
+}
+
+/// Who may use `/admin/*`.
+#[derive(Debug, Clone)]
+pub enum AdminAccess {
+    /// Whoever presents the admin key.
+    Key(keel_config::Secret),
+    /// Anyone who can reach the port: only when keel listens on loopback alone and the operator said so.
+    OpenOnLoopback,
+    /// Nobody: no admin key is configured.
+    Closed,
+}
+
+impl AdminAccess {
+    /// The access the configuration grants for a listener on `listen`.
+    pub fn of(admin_key: Option<&keel_config::Secret>, open_on_loopback: bool, listen: std::net::SocketAddr) -> Self {
+        match admin_key {
+            Some(k) => AdminAccess::Key(k.clone()),
+            None if open_on_loopback && listen.ip().is_loopback() => AdminAccess::OpenOnLoopback,
+            None => AdminAccess::Closed,
+        }
+    }
+}
+
+/// Everything the edge is made of.
+pub struct Parts {
+    pub pipeline: Pipeline,
+    pub routes: RouteTable,
+    pub breakers: Breakers,
+    pub log: Arc<RequestLog>,
+    pub store: Option<Arc<dyn keel_store::Store>>,
+    pub auth: Option<Arc<Auth>>,
+    pub admin: AdminAccess,
+    pub admission: Arc<Limiter>,
+    pub shutdown: Shutdown,
 }
 
 impl AppState {
-    /// State without a persistent request log (metrics only).
+    /// State without a persistent request log (metrics only), open admin endpoints and the default admission
+    /// limits: the edge as the tests of the inner stages see it.
     pub fn new(pipeline: Pipeline, routes: RouteTable, breakers: Breakers) -> Self {
         let metrics = Arc::new(Metrics::new(breakers.clone(), None));
         let log = RequestLog::new(
@@ -55,29 +101,68 @@ impl AppState {
             metrics,
             routes.names(),
         );
-        Self::with_log(pipeline, routes, breakers, Arc::new(log), None, None)
+        let max = keel_config::default_max_in_flight();
+        Self::from_parts(Parts {
+            pipeline,
+            routes,
+            breakers,
+            log: Arc::new(log),
+            store: None,
+            auth: None,
+            admin: AdminAccess::OpenOnLoopback,
+            admission: Arc::new(Limiter::new(max, max / 4, Duration::from_secs(1))),
+            shutdown: Shutdown::default(),
+        })
     }
 
-    /// State with a request log (and the store it writes to, for reading it back).
-    pub fn with_log(
-        pipeline: Pipeline,
-        routes: RouteTable,
-        breakers: Breakers,
-        log: Arc<RequestLog>,
-        store: Option<Arc<dyn keel_store::Store>>,
-        auth: Option<Arc<Auth>>,
-    ) -> Self {
-        Self { inner: Arc::new(Inner { pipeline, routes, breakers, log, store, auth }) }
+    /// The shutdown deadline came: open streams end with an error event, and what is cut from now on is
+    /// logged as cut by keel.
+    pub fn deadline(&self) {
+        self.inner.log.stopping();
+        self.inner.shutdown.deadline();
+    }
+
+    pub fn from_parts(p: Parts) -> Self {
+        let inner = Inner {
+            pipeline: p.pipeline,
+            routes: p.routes,
+            breakers: p.breakers,
+            log: p.log,
+            store: p.store,
+            auth: p.auth,
+            admin: p.admin,
+            admission: p.admission,
+            shutdown: p.shutdown,
+        };
+        Self { inner: Arc::new(inner) }
     }
 }
 
-/// The server's slice of the configuration.
+/// The server's slice of the configuration that requests see.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
+    /// The largest request body; a larger `Content-Length` is refused before the body is read (413).
     pub max_body_bytes: usize,
+    /// The most time a request's body may take to arrive (408 past it).
+    pub body_read_timeout: Duration,
+    /// The most bytes of request headers (431 past it, in the API's error format).
+    pub max_header_bytes: usize,
+    /// The most request headers (431 past it).
+    pub max_headers: usize,
 }
 
-/// All of keel's HTTP routes.
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            body_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
+        }
+    }
+}
+
+/// All of keel's HTTP routes, outermost layer last: request id, header limits, admission control, identity.
 pub fn router(state: AppState, limits: ServerLimits) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
@@ -93,8 +178,9 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/admin/keys/{id}", axum::routing::delete(auth::revoke_key))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admission::layer))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), limits), limits::layer))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }
@@ -104,42 +190,7 @@ async fn circuits(axum::extract::State(app): axum::extract::State<AppState>) -> 
     axum::Json(serde_json::json!({ "circuits": app.inner.breakers.states() }))
 }
 
+/// Liveness: answered whatever the load (admission control and identity do not apply to it).
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
-}
-
-/// Serves the router on `listener` until `shutdown` resolves, then stops accepting and lets in-flight requests
-/// and streams finish for at most `grace`. Accepted connections get `TCP_NODELAY`: without it, small SSE frames
-/// wait for Nagle's algorithm.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: std::time::Duration,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
-    let deadline = async move {
-        if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
-            return std::future::pending().await;
-        }
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server.into_future() => result,
-        () = deadline => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace period over; closing remaining connections");
-            Ok(())
-        }
-    }
 }

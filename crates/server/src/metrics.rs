@@ -44,7 +44,63 @@ pub(crate) struct AttemptLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CacheLabels {
-    pub outcome: String,
+    pub outcome: &'static str,
+}
+
+/// A value another component keeps (an atomic it updates) that the metrics read at scrape time: admission
+/// control, connections, local model workers, queues.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(String, String)>,
+    pub kind: SourceKind,
+}
+
+/// How a [`Source`] is read.
+#[derive(Clone)]
+pub enum SourceKind {
+    Counter(Arc<dyn Fn() -> u64 + Send + Sync>),
+    Gauge(Arc<dyn Fn() -> i64 + Send + Sync>),
+}
+
+impl std::fmt::Debug for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceKind::Counter(_) => f.write_str("Counter(..)"),
+            SourceKind::Gauge(_) => f.write_str("Gauge(..)"),
+        }
+    }
+}
+
+impl Source {
+    /// A counter kept in an atomic.
+    pub fn counter(name: &'static str, help: &'static str, labels: &[(&str, &str)], value: Arc<AtomicU64>) -> Self {
+        Self::counter_fn(name, help, labels, move || value.load(Ordering::Relaxed))
+    }
+
+    /// A counter read by a function.
+    pub fn counter_fn(
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        Self { name, help, labels: own(labels), kind: SourceKind::Counter(Arc::new(read)) }
+    }
+
+    pub fn gauge(
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> Self {
+        Self { name, help, labels: own(labels), kind: SourceKind::Gauge(Arc::new(read)) }
+    }
+}
+
+fn own(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
 }
 
 /// Every metric keel exports.
@@ -61,6 +117,7 @@ pub struct Metrics {
     pub(crate) cache_similarity: Histogram,
     /// What cache hits saved: the upstream price of the answers they gave again.
     pub(crate) cache_saved: Counter<f64, AtomicU64>,
+    sources: Arc<std::sync::Mutex<Vec<Source>>>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -101,8 +158,36 @@ impl Metrics {
         );
         let cache_saved = Counter::<f64, AtomicU64>::default();
         registry.register("cache_saved_usd", "Upstream spend the cache avoided, in US dollars", cache_saved.clone());
-        registry.register_collector(Box::new(Live { breakers, log }));
-        Self { registry, requests, duration, ttft, tokens, cost, attempts, cache, cache_similarity, cache_saved }
+        let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
+        registry.register_collector(Box::new(Live { breakers, log, sources: sources.clone() }));
+        Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            tokens,
+            cost,
+            attempts,
+            cache,
+            cache_similarity,
+            cache_saved,
+            sources,
+        }
+    }
+
+    /// Adds values read at scrape time (sources of one name form one family).
+    pub fn add(&self, more: impl IntoIterator<Item = Source>) {
+        if let Ok(mut s) = self.sources.lock() {
+            s.extend(more);
+            // One family per name, in the order names were first added.
+            let mut order: Vec<&'static str> = Vec::new();
+            for src in s.iter() {
+                if !order.contains(&src.name) {
+                    order.push(src.name);
+                }
+            }
+            s.sort_by_key(|src| order.iter().position(|n| *n == src.name));
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -113,11 +198,12 @@ impl Metrics {
     }
 }
 
-/// Values read at scrape time: circuit states and the request log's queue.
+/// Values read at scrape time: circuit states, the request log's queue, and the other components' sources.
 #[derive(Debug)]
 struct Live {
     breakers: Breakers,
     log: Option<Arc<WriterStats>>,
+    sources: Arc<std::sync::Mutex<Vec<Source>>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -167,11 +253,47 @@ impl Collector for Live {
                     load(&stats.bodies_dropped),
                 ),
                 ("log_queue_waits", "Rows that waited for room in a full log queue", load(&stats.waited)),
+                (
+                    "log_rows_dropped",
+                    "Rows dropped: the log queue was full and no background waiter was free, or the log was closed",
+                    load(&stats.dropped),
+                ),
             ];
             for (name, help, value) in counters {
                 let c = ConstCounter::new(value);
                 c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
             }
+        }
+        let sources = self.sources.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut i = 0;
+        while i < sources.len() {
+            let first = &sources[i];
+            let same = sources[i..].iter().take_while(|s| s.name == first.name).count();
+            match &first.kind {
+                SourceKind::Counter(_) => {
+                    let mut family = encoder.encode_descriptor(
+                        first.name,
+                        first.help,
+                        None,
+                        ConstCounter::new(0u64).metric_type(),
+                    )?;
+                    for s in &sources[i..i + same] {
+                        if let SourceKind::Counter(read) = &s.kind {
+                            ConstCounter::new(read()).encode(family.encode_family(&s.labels)?)?;
+                        }
+                    }
+                }
+                SourceKind::Gauge(_) => {
+                    let mut family =
+                        encoder.encode_descriptor(first.name, first.help, None, ConstGauge::new(0i64).metric_type())?;
+                    for s in &sources[i..i + same] {
+                        if let SourceKind::Gauge(read) = &s.kind {
+                            ConstGauge::new(read()).encode(family.encode_family(&s.labels)?)?;
+                        }
+                    }
+                }
+            }
+            i += same;
         }
         Ok(())
     }

@@ -1,18 +1,17 @@
 //! Handlers of the OpenAI API: chat completions, embeddings, models.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_pipeline::{GatewayError, GatewayRequest, InboundApi, Operation, Output, RequestContext, RequestId};
 use keel_types::models::{ModelInfo, ModelList};
-use keel_types::{ChatRequest, EmbeddingInput, EmbeddingsRequest};
+use keel_types::{ChatRequest, EmbeddingInput, EmbeddingsRequest, Role};
 use tower::ServiceExt;
 
 use crate::auth::{self, Principal};
-use crate::log::{Entry, Outcome, error_class};
+use crate::body::RawBody;
+use crate::log::{Answer, Entry, error_class};
 use crate::{ApiError, AppState, body, stream};
 use keel_pipeline::cost;
 
@@ -22,7 +21,7 @@ pub(crate) async fn chat(
     Extension(id): Extension<RequestId>,
     principal: Option<Extension<Principal>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Response {
     let api = InboundApi::OpenAi;
     let principal = principal.map(|Extension(p)| p);
@@ -31,10 +30,10 @@ pub(crate) async fn chat(
     if let Ok(raw) = &body {
         entry.request(raw);
     }
-    let req: ChatRequest = match body::parse(body).and_then(validate_chat) {
+    let mut req: ChatRequest = match body::parse(body).and_then(validate_chat) {
         Ok(r) => r,
         Err(e) => {
-            entry.reject(&e);
+            entry.reject(&e).await;
             return e.into_response_for(api);
         }
     };
@@ -42,17 +41,14 @@ pub(crate) async fn chat(
     let mut ctx = RequestContext::new(id, api, &req.model);
     entry.attach(&ctx, req.stream, req.user.as_deref());
     if let Err(e) = cache_request(&mut ctx, principal.as_ref(), &headers) {
-        entry.reject(&e);
+        entry.reject(&e).await;
         return e.into_response_for(api);
     }
-    match auth::admit(&app, principal.as_ref(), &req.model, Some(&req), cost::chat_prompt_upper_bound(&req), || {
-        auth::chat_input_tokens(&req)
-    })
-    .await
-    {
+    let (bound, model) = (cost::chat_prompt_upper_bound(&req), req.model.clone());
+    match auth::admit(&app, principal.as_ref(), &model, Some(&mut req), bound, || 0).await {
         Ok(admitted) => entry.admitted(admitted),
         Err(e) => {
-            entry.reject(&e);
+            entry.reject(&e).await;
             return e.into_response_for(api);
         }
     }
@@ -61,12 +57,12 @@ pub(crate) async fn chat(
     entry.cache(resp.ctx.cache.clone());
     let (mut out, cost) = match resp.result {
         Ok(Output::Chat(r)) => {
-            let cost = entry.finish(Outcome::Chat(&r));
+            let cost = entry.finish(Answer::Chat(&r)).await;
             (Json(r).into_response(), cost)
         }
-        Ok(Output::ChatStream(s)) => (stream::openai(entry.watch(s), wants_usage), None),
+        Ok(Output::ChatStream(s)) => (stream::openai(entry.watch(app.inner.shutdown.guard(s)), wants_usage), None),
         Ok(Output::Embeddings(_)) => (unexpected(), None),
-        Err(e) => failed(entry, e, api),
+        Err(e) => failed(entry, e, api).await,
     };
     set_served_by(&mut out, served_by);
     set_cost(&mut out, cost);
@@ -108,10 +104,10 @@ pub(crate) fn set_cache(resp: &mut Response, outcome: Option<&keel_pipeline::Cac
 }
 
 /// A request the pipeline could not answer: logged with its class, answered in the API's error format.
-pub(crate) fn failed(entry: Entry, e: GatewayError, api: InboundApi) -> (Response, Option<f64>) {
+pub(crate) async fn failed(entry: Entry, e: GatewayError, api: InboundApi) -> (Response, Option<f64>) {
     let class = error_class(&e);
     let err = ApiError::from(e);
-    entry.finish(Outcome::Failed(&err, class));
+    entry.finish(Answer::Failed(&err, class)).await;
     (err.into_response_for(api), None)
 }
 
@@ -129,7 +125,26 @@ fn validate_chat(req: ChatRequest) -> Result<ChatRequest, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages: must contain at least one message", Some("messages".into())));
     }
+    for (i, m) in req.messages.iter().enumerate() {
+        // An assistant turn may be only tool calls (or a refusal); every other message says something.
+        let says_something = m.content.is_some()
+            || (m.role == Role::Assistant
+                && (m.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+                    || m.refusal.is_some()
+                    || m.extra.contains_key("function_call")));
+        if !says_something {
+            let what = if m.role == Role::Assistant { "content or tool_calls" } else { "content" };
+            return Err(ApiError::invalid(
+                format!("messages[{i}]: a message with role `{}` needs {what}", role_name(m.role)),
+                Some(format!("messages[{i}].content")),
+            ));
+        }
+    }
     Ok(req)
+}
+
+fn role_name(r: Role) -> String {
+    serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// `POST /v1/embeddings`.
@@ -138,7 +153,7 @@ pub(crate) async fn embeddings(
     Extension(id): Extension<RequestId>,
     principal: Option<Extension<Principal>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Response {
     let api = InboundApi::OpenAi;
     let principal = principal.map(|Extension(p)| p);
@@ -150,7 +165,7 @@ pub(crate) async fn embeddings(
     let req: EmbeddingsRequest = match body::parse(body).and_then(validate_embeddings) {
         Ok(r) => r,
         Err(e) => {
-            entry.reject(&e);
+            entry.reject(&e).await;
             return e.into_response_for(api);
         }
     };
@@ -161,7 +176,7 @@ pub(crate) async fn embeddings(
     {
         Ok(admitted) => entry.admitted(admitted),
         Err(e) => {
-            entry.reject(&e);
+            entry.reject(&e).await;
             return e.into_response_for(api);
         }
     }
@@ -169,11 +184,11 @@ pub(crate) async fn embeddings(
     let served_by = served_by(&resp.ctx);
     let (mut out, cost) = match resp.result {
         Ok(Output::Embeddings(r)) => {
-            let cost = entry.finish(Outcome::Embeddings(&r));
+            let cost = entry.finish(Answer::Embeddings(&r)).await;
             (Json(r).into_response(), cost)
         }
         Ok(_) => (unexpected(), None),
-        Err(e) => failed(entry, e, api),
+        Err(e) => failed(entry, e, api).await,
     };
     set_served_by(&mut out, served_by);
     set_cost(&mut out, cost);
@@ -196,15 +211,30 @@ fn validate_embeddings(req: EmbeddingsRequest) -> Result<EmbeddingsRequest, ApiE
     Ok(req)
 }
 
-/// `GET /v1/models`: the configured model aliases.
-pub(crate) async fn models(State(app): State<AppState>) -> Json<ModelList> {
-    let data = app.inner.routes.names().into_iter().map(model_info).collect();
+/// Whether the caller may use the model alias `name` (a key may be limited to some).
+fn visible(principal: Option<&Principal>, name: &str) -> bool {
+    match principal {
+        Some(Principal::Key(k)) => k.models.is_empty() || k.models.iter().any(|m| m == name),
+        Some(Principal::Admin) | None => true,
+    }
+}
+
+/// `GET /v1/models`: the configured model aliases the caller may use.
+pub(crate) async fn models(State(app): State<AppState>, principal: Option<Extension<Principal>>) -> Json<ModelList> {
+    let principal = principal.map(|Extension(p)| p);
+    let data =
+        app.inner.routes.names().into_iter().filter(|n| visible(principal.as_ref(), n)).map(model_info).collect();
     Json(ModelList { object: "list".into(), data })
 }
 
 /// `GET /v1/models/{id}`.
-pub(crate) async fn model(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    if app.inner.routes.targets(&id).is_some() {
+pub(crate) async fn model(
+    State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> Response {
+    let principal = principal.map(|Extension(p)| p);
+    if app.inner.routes.targets(&id).is_some() && visible(principal.as_ref(), &id) {
         return Json(model_info(id)).into_response();
     }
     ApiError {

@@ -1,4 +1,5 @@
-//! `x-request-id` on every response: the client's own when it sent a sane one, a fresh UUIDv7 otherwise. When
+//! Request ids: keel's own (a UUIDv7) for every request, and `x-request-id` on every response: the client's
+//! own when it sent a sane one, keel's otherwise. When
 //! traces are exported, each request also gets a `request` span (OpenTelemetry's HTTP server conventions plus
 //! keel's own attributes); without an exporter no span is created, so the request path pays nothing for it.
 
@@ -23,15 +24,21 @@ pub fn enable_request_spans() {
     SPANS.store(true, Ordering::Relaxed);
 }
 
-pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+/// The client's own `x-request-id`, when it sent a sane one (printable ASCII, at most 128 bytes). It is echoed
+/// and logged as the client's, never used as the identity of keel's log row: clients reuse ids.
+pub(crate) fn client_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let header = HeaderValue::from_str(&id).ok();
+}
+
+/// Gives every request keel's own id (a UUIDv7, unique: the log row's identity) and answers with the client's
+/// id when it sent one, else keel's.
+pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().to_string();
+    let echoed = client_id(req.headers()).unwrap_or(&id);
+    let header = HeaderValue::from_str(echoed).ok();
     let span = if SPANS.load(Ordering::Relaxed) {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         tracing::info_span!(
@@ -49,6 +56,9 @@ pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
     } else {
         tracing::Span::none()
     };
+    // Anthropic's SDKs read the id from `request-id` (`_request_id`): answers of the Anthropic API, errors
+    // included, carry it there too.
+    let anthropic = req.uri().path().starts_with("/v1/messages");
     req.extensions_mut().insert(RequestId(Arc::from(id)));
     let mut resp = next.run(req).instrument(span.clone()).await;
     if !span.is_none() {
@@ -60,6 +70,9 @@ pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
         }
     }
     if let Some(h) = header {
+        if anthropic {
+            resp.headers_mut().insert("request-id", h.clone());
+        }
         resp.headers_mut().insert(HEADER, h);
     }
     resp

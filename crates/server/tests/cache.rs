@@ -60,7 +60,11 @@ fn config(url: &str) -> keel_config::Config {
 }
 
 /// One keel instance: its exact backend and, optionally, a store for the semantic cache.
-async fn keel(mock: &MockUpstream, exact: Arc<dyn ExactBackend>, store: Option<Arc<dyn keel_store::Store>>) -> Router {
+async fn keel(
+    mock: &MockUpstream,
+    exact: Arc<dyn ExactBackend>,
+    store: Option<Arc<dyn keel_store::CacheStore>>,
+) -> Router {
     let cfg = config(&mock.url());
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
@@ -72,15 +76,17 @@ async fn keel(mock: &MockUpstream, exact: Arc<dyn ExactBackend>, store: Option<A
     if let Some(store) = &store {
         keel_pipeline::load_semantic(&index, store).await.unwrap();
     }
-    let semantic = Some(keel_pipeline::Semantic {
-        index,
-        embedder,
-        store: store.map(|s| Arc::new(s) as Arc<dyn keel_pipeline::SemanticStore>),
+    let semantic = Some(keel_pipeline::Semantic { index, embedder, store });
+    let parts = keel_pipeline::CacheParts::new(exact, semantic);
+    let pipeline = keel_pipeline::build_with(keel_pipeline::Parts {
+        routes: routes.clone(),
+        providers,
+        breakers: breakers.clone(),
+        cache: Some(parts),
+        limits: keel_pipeline::RouteLimits::default(),
     });
-    let parts = keel_pipeline::CacheParts { exact, semantic };
-    let pipeline = keel_pipeline::build_with_cache(routes.clone(), providers, breakers.clone(), Some(parts));
     let state = keel_server::AppState::new(pipeline, routes, breakers);
-    keel_server::router(state, keel_server::ServerLimits { max_body_bytes: 1 << 20 })
+    keel_server::router(state, keel_server::ServerLimits { max_body_bytes: 1 << 20, ..Default::default() })
 }
 
 async fn memory_keel(mock: &MockUpstream) -> Router {

@@ -54,7 +54,12 @@ async fn app() -> App {
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let state =
         keel_server::AppState::new(keel_pipeline::build(routes.clone(), providers, breakers.clone()), routes, breakers);
-    let router = keel_server::router(state, keel_server::ServerLimits { max_body_bytes: cfg.server.max_body_bytes });
+    let limits = keel_server::ServerLimits {
+        max_body_bytes: cfg.server.max_body_bytes,
+        body_read_timeout: Duration::from_millis(300),
+        ..keel_server::ServerLimits::default()
+    };
+    let router = keel_server::router(state, limits);
     App { router, mock }
 }
 
@@ -147,17 +152,17 @@ async fn anthropic_errors_use_anthropic_format() {
     check(
         "/v1/messages",
         r#"{"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}"#,
-        expect![[r#"404 {"type":"error","error":{"type":"not_found_error","message":"The model `nope` does not exist in this keel gateway. Configured models: claude, gpt."}}"#]],
+        expect![[r#"404 {"type":"error","error":{"type":"not_found_error","message":"The model `nope` does not exist in this keel gateway (GET /v1/models lists the models you may use)."}}"#]],
     )
     .await;
 }
 
 #[tokio::test]
-async fn unknown_model_lists_the_configured_ones() {
+async fn unknown_model_does_not_list_the_configured_ones() {
     check(
         "/v1/chat/completions",
         r#"{"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}"#,
-        expect![[r#"404 {"error":{"message":"The model `gpt-5` does not exist in this keel gateway. Configured models: claude, gpt.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#]],
+        expect![[r#"404 {"error":{"message":"The model `gpt-5` does not exist in this keel gateway (GET /v1/models lists the models you may use).","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#]],
     )
     .await;
 }
@@ -304,4 +309,204 @@ async fn models_lists_aliases() {
     assert_eq!(ids, ["claude", "gpt"]);
     assert_eq!(send(&app, "GET", "/v1/models/gpt", "").await.json()["id"], "gpt");
     assert_eq!(send(&app, "GET", "/v1/models/nope", "").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_body_announced_over_the_limit_is_refused_before_it_is_read() {
+    let app = app().await;
+    // The announced length alone decides: the body that follows is never awaited.
+    let never = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("content-length", "20000000")
+        .body(never)
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["type"], "request_too_large", "{body}");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_a_408() {
+    let app = app().await;
+    let slow = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/messages")
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(slow)
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["type"], "error", "the Anthropic API's format: {body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("body_read_timeout_ms"), "{body}");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_a_431_in_the_apis_format() {
+    let app = app().await;
+    let mut req =
+        Request::builder().method("POST").uri("/v1/chat/completions").header("content-type", "application/json");
+    for i in 0..120 {
+        req = req.header(format!("x-filler-{i}"), "x");
+    }
+    let resp = app.router.clone().oneshot(req.body(Body::from("{}")).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+    let req = Request::builder().uri("/health").header("x-big", "y".repeat(70_000)).body(Body::empty()).unwrap();
+    assert_eq!(app.router.clone().oneshot(req).await.unwrap().status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a_message_with_a_role_and_nothing_else_is_refused() {
+    check(
+        "/v1/chat/completions",
+        r#"{"model": "gpt", "messages": [{"role": "user"}]}"#,
+        expect![[r#"400 {"error":{"message":"messages[0]: a message with role `user` needs content","type":"invalid_request_error","param":"messages[0].content","code":null}}"#]],
+    )
+    .await;
+    check(
+        "/v1/chat/completions",
+        r#"{"model": "gpt", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}"#,
+        expect![[r#"400 {"error":{"message":"messages[1]: a message with role `assistant` needs content or tool_calls","type":"invalid_request_error","param":"messages[1].content","code":null}}"#]],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn anthropic_answers_carry_the_request_id_where_its_sdk_reads_it() {
+    let app = app().await;
+    let a = send(
+        &app,
+        "POST",
+        "/v1/messages",
+        r#"{"model":"claude","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.headers["request-id"], a.headers["x-request-id"]);
+    let a = send(&app, "POST", "/v1/messages", "{").await;
+    assert!(a.headers.contains_key("request-id"), "errors too");
+}
+
+/// An edge whose instance admits one request at a time and lets none wait, with the admin endpoints `admin`.
+async fn narrow_app(admin: keel_server::AdminAccess) -> App {
+    let app = app().await;
+    let text = format!(
+        "[reliability]\nmax_attempts = 1\n[providers.oa]\nkind = \"openai\"\nbase_url = \"{}/v1\"\napi_key_env = \"KEY\"\n[models.gpt]\nprovider = \"oa\"\n[providers.an]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"KEY\"\n[models.claude]\nprovider = \"an\"\n",
+        app.mock.url(),
+        app.mock.url()
+    );
+    let env = HashMap::from([("KEY".to_string(), "k".to_string())]);
+    let cfg = keel_config::parse(&text, &env).unwrap();
+    let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
+    let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
+    let breakers = keel_pipeline::Breakers::new(routes.all_targets());
+    let metrics = std::sync::Arc::new(keel_server::Metrics::new(breakers.clone(), None));
+    let log = keel_server::RequestLog::new(
+        None,
+        keel_config::BodyPolicy::None,
+        0,
+        keel_pipeline::cost::Prices::default(),
+        metrics,
+        routes.names(),
+    );
+    let state = keel_server::AppState::from_parts(keel_server::Parts {
+        pipeline: keel_pipeline::build(routes.clone(), providers, breakers.clone()),
+        routes,
+        breakers,
+        log: std::sync::Arc::new(log),
+        store: None,
+        auth: None,
+        admin,
+        admission: std::sync::Arc::new(keel_pipeline::Limiter::new(1, 0, Duration::ZERO)),
+        shutdown: keel_server::Shutdown::default(),
+    });
+    App { router: keel_server::router(state, keel_server::ServerLimits::default()), mock: app.mock }
+}
+
+#[tokio::test]
+async fn beyond_the_instance_limit_requests_are_refused_at_once_and_health_still_answers() {
+    let app = narrow_app(keel_server::AdminAccess::Closed).await;
+    app.mock.enqueue(Reply::text("slow").delay_before_headers(Duration::from_millis(500)));
+    let first = {
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let req = Request::post("/v1/chat/completions")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#))
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.mock.attempt_count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let a =
+        send(&app, "POST", "/v1/chat/completions", r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#)
+            .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.headers["retry-after"], "1");
+    assert_eq!(a.json()["error"]["type"], "overloaded_error");
+    let a = send(
+        &app,
+        "POST",
+        "/v1/messages",
+        r#"{"model":"claude","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.json()["error"]["type"], "overloaded_error", "Anthropic's format: {}", a.body);
+    assert_eq!(send(&app, "GET", "/health", "").await.status, StatusCode::OK, "health answers under overload");
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(app.mock.attempt_count(), 1, "refused requests never reached the upstream");
+    // The slot is free again: the next request is served.
+    let a =
+        send(&app, "POST", "/v1/chat/completions", r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#)
+            .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_admin_key_or_an_explicit_loopback_opening() {
+    let closed = narrow_app(keel_server::AdminAccess::Closed).await;
+    for path in ["/admin/requests", "/admin/keys", "/admin/circuits"] {
+        let a = send(&closed, "GET", path, "").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: {}", a.body);
+        assert_eq!(a.json()["error"]["code"], "admin_disabled");
+    }
+    let keyed = narrow_app(keel_server::AdminAccess::Key(keel_config::Secret::new("the-admin-key"))).await;
+    assert_eq!(send(&keyed, "GET", "/admin/circuits", "").await.status, StatusCode::UNAUTHORIZED);
+    let req =
+        Request::get("/admin/circuits").header("authorization", "BEARER the-admin-key").body(Body::empty()).unwrap();
+    assert_eq!(
+        keyed.router.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::OK,
+        "the scheme is case-insensitive"
+    );
+    let req = Request::get("/admin/circuits").header("authorization", "Bearer wrong").body(Body::empty()).unwrap();
+    assert_eq!(keyed.router.clone().oneshot(req).await.unwrap().status(), StatusCode::FORBIDDEN);
+    let open = narrow_app(keel_server::AdminAccess::OpenOnLoopback).await;
+    assert_eq!(send(&open, "GET", "/admin/circuits", "").await.status, StatusCode::OK);
+    // /metrics is for scrapers: never behind the admin key.
+    assert_eq!(send(&closed, "GET", "/metrics", "").await.status, StatusCode::OK);
+    assert!(
+        matches!(
+            keel_server::AdminAccess::of(None, true, "0.0.0.0:8080".parse().unwrap()),
+            keel_server::AdminAccess::Closed
+        ),
+        "opening on loopback does not open a public listener"
+    );
+    assert!(matches!(
+        keel_server::AdminAccess::of(None, true, "127.0.0.1:8080".parse().unwrap()),
+        keel_server::AdminAccess::OpenOnLoopback
+    ));
 }

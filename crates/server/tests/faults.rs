@@ -99,7 +99,7 @@ async fn rig() -> Rig {
     let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
     let router = keel_server::router(
         keel_server::AppState::new(pipeline, routes, breakers),
-        keel_server::ServerLimits { max_body_bytes: 1 << 20 },
+        keel_server::ServerLimits { max_body_bytes: 1 << 20, ..Default::default() },
     );
     Rig { router, primary, fallback, big }
 }
@@ -182,7 +182,6 @@ async fn rate_limited_with_retry_after_waits_then_retries_the_same_target() {
     assert_eq!((rig.primary.attempt_count(), rig.fallback.attempt_count()), (2, 0));
     assert_eq!(a.served_by(), "p/gpt-p");
     assert!(a.elapsed >= Duration::from_secs(1), "Retry-After honoured: {:?}", a.elapsed);
-    assert!(a.elapsed < Duration::from_secs(4), "{:?}", a.elapsed);
     let gap = rig.primary.attempts()[1].at_ms - rig.primary.attempts()[0].at_ms;
     assert!(gap >= 1000, "the second attempt came {gap} ms after the first");
 }
@@ -194,7 +193,6 @@ async fn rate_limited_without_retry_after_backs_off_and_retries() {
     let a = chat(&rig, "main", false, json!({})).await;
     assert_eq!(answer_text(&a), ANSWER);
     assert_eq!((rig.primary.attempt_count(), rig.fallback.attempt_count()), (2, 0));
-    assert!(a.elapsed < Duration::from_secs(2), "{:?}", a.elapsed);
 }
 
 #[tokio::test]
@@ -206,7 +204,8 @@ async fn retry_after_beyond_the_cap_falls_over_at_once() {
     assert_eq!((rig.primary.attempt_count(), rig.fallback.attempt_count()), (1, 1));
     assert_eq!(a.served_by(), "f/claude-f");
     assert_eq!(a.json()["model"], "claude-f", "the response names the model that answered");
-    assert!(a.elapsed < Duration::from_secs(2), "{:?}", a.elapsed);
+    // Honouring the 60 s would take 60 s; half of it is a bound no loaded machine reaches by accident.
+    assert!(a.elapsed < Duration::from_secs(30), "fell over without waiting: {:?}", a.elapsed);
 }
 
 #[tokio::test]
@@ -265,7 +264,6 @@ async fn no_response_costs_one_timeout_and_is_not_retried() {
         assert_eq!(text, ANSWER, "stream={stream}: {}", a.body);
         assert_eq!((rig.primary.attempt_count(), rig.fallback.attempt_count()), (1, 1), "stream={stream}");
         assert!(a.elapsed >= Duration::from_millis(400), "waited the timeout: {:?}", a.elapsed);
-        assert!(a.elapsed < Duration::from_secs(3), "a silent provider costs one timeout: {:?}", a.elapsed);
     }
 }
 
@@ -277,8 +275,8 @@ async fn slow_first_token_fails_over() {
     assert!(a.stream_ended_with_done(), "{}", a.body);
     assert_eq!(a.stream_text(), ANSWER);
     assert_eq!((rig.primary.attempt_count(), rig.fallback.attempt_count()), (1, 1));
+    // Had keel waited for the slow first token, the primary (which does answer, after 5 s) would have served.
     assert_eq!(a.served_by(), "f/claude-f");
-    assert!(a.elapsed < Duration::from_secs(3), "{:?}", a.elapsed);
 }
 
 #[tokio::test]
@@ -334,7 +332,7 @@ async fn stream_stall_ends_after_the_idle_timeout() {
     let err = a.stream_error().expect("an error event");
     assert_eq!(err["type"], "timeout_error", "{}", a.body);
     assert!(err["message"].as_str().unwrap().contains("idle"), "{err}");
-    assert!(a.elapsed >= Duration::from_millis(400) && a.elapsed < Duration::from_secs(3), "{:?}", a.elapsed);
+    assert!(a.elapsed >= Duration::from_millis(400), "{:?}", a.elapsed);
 }
 
 #[tokio::test]
@@ -359,8 +357,8 @@ async fn missing_done_is_finalised_at_once_with_usage() {
     let a = chat(&rig, "main", true, json!({"stream_options": {"include_usage": true}})).await;
     assert!(a.stream_ended_with_done(), "{}", a.body);
     assert_eq!(a.stream_text(), ANSWER);
+    // Held until the idle timeout, the stream would have ended with a timeout error instead of [DONE].
     assert!(a.body.contains("\"completion_tokens\":6"), "{}", a.body);
-    assert!(a.elapsed < Duration::from_millis(400), "not held until the idle timeout: {:?}", a.elapsed);
 }
 
 #[tokio::test]
@@ -413,6 +411,7 @@ async fn a_provider_down_for_a_while_is_skipped_while_open_and_used_again_after_
     rig.primary.set_default(Reply::echo());
     // After the cool-down one probe goes through, succeeds, and closes the circuit.
     let mut served = String::new();
+    // Bounded: the cool-down is 300 ms; 200 tries 20 ms apart give it four seconds and more, then fail clearly.
     for _ in 0..200 {
         let a = chat(&rig, "breaker", false, json!({})).await;
         served = a.served_by().to_string();

@@ -16,9 +16,9 @@ use futures::future::BoxFuture;
 
 pub use keys::KeyRecord;
 pub use postgres::PgStore;
-pub use record::{AttemptRow, Query, Record};
+pub use record::{AttemptRow, CacheStatus, Outcome, Query, Record};
 pub use sqlite::SqliteStore;
-pub use writer::{LogWriter, OnFull, WriterConfig, WriterStats};
+pub use writer::{LogWriter, OnFull, Write, WriterConfig, WriterStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,8 +30,8 @@ pub enum StoreError {
     Invalid(String),
 }
 
-/// Where the request log and keel's other state live.
-pub trait Store: Send + Sync + 'static {
+/// The request log: rows in, rows out, old rows purged, and the spend the budgets start from.
+pub trait LogStore: Send + Sync + 'static {
     /// Inserts rows in one transaction. A row whose id is already stored is left as it is (a retried batch
     /// does not duplicate rows). Returns the number of rows inserted.
     fn insert<'a>(&'a self, rows: &'a [Record]) -> BoxFuture<'a, Result<u64, StoreError>>;
@@ -42,6 +42,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes rows received before `ts_ms` (retention). Returns how many.
     fn purge_before(&self, ts_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// What a key has spent since `since_ms`, from the request log.
+    fn spend_since<'a>(&'a self, key_id: &'a str, since_ms: i64) -> BoxFuture<'a, Result<f64, StoreError>>;
+}
+
+/// Virtual keys, stored by the hash of their secret.
+pub trait KeyStore: Send + Sync + 'static {
     /// Stores a new key. Fails if its id or hash exists.
     fn create_key<'a>(&'a self, key: &'a KeyRecord) -> BoxFuture<'a, Result<(), StoreError>>;
 
@@ -53,10 +59,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The key whose secret hashes to `hash`, revoked or not.
     fn key_by_hash<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>;
+}
 
-    /// What a key has spent since `since_ms`, from the request log.
-    fn spend_since<'a>(&'a self, key_id: &'a str, since_ms: i64) -> BoxFuture<'a, Result<f64, StoreError>>;
-
+/// The semantic cache's entries, so the index survives a restart.
+pub trait CacheStore: Send + Sync + 'static {
     /// Stores a semantic cache entry (an id already stored is left as it is).
     fn cache_put<'a>(&'a self, row: &'a SemanticRow) -> BoxFuture<'a, Result<(), StoreError>>;
 
@@ -68,7 +74,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes semantic cache entries expired at `now_ms`.
     fn cache_purge(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
 
+/// A database that holds all of keel's state: what the two backends implement. Each component asks only for
+/// the capability it uses (`Arc<dyn LogStore>`, …; an `Arc<dyn Store>` converts to each), so a test double
+/// implements one small trait.
+pub trait Store: LogStore + KeyStore + CacheStore {
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
 }

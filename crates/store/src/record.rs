@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 /// One request, as logged: identity, routing, every upstream attempt, timing, usage, cost, bodies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// The request id (`x-request-id`).
+    /// keel's id of the request (a UUIDv7, unique): the row's identity.
     pub id: String,
+    /// The client's own `x-request-id`, when it sent one (clients may reuse theirs).
+    #[serde(default)]
+    pub client_request_id: Option<String>,
     /// When the request arrived, in milliseconds since the Unix epoch.
     pub ts_ms: i64,
     pub key_id: Option<String>,
@@ -20,8 +23,8 @@ pub struct Record {
     pub model_served: Option<String>,
     /// The HTTP status the client got (200 for a stream that started, whatever happened after).
     pub status: u16,
-    /// "ok", "error", "stream_error", "client_disconnected" or "rejected" (refused before any upstream call).
-    pub outcome: String,
+    /// How the request ended.
+    pub outcome: Outcome,
     /// The class of the error that ended the request (`rate_limited`, `timeout`, …).
     pub error_class: Option<String>,
     pub stream: bool,
@@ -33,12 +36,91 @@ pub struct Record {
     /// Input tokens served from the provider's prompt cache (part of `tokens_in`).
     pub tokens_cached: Option<u64>,
     pub cost_usd: Option<f64>,
-    /// keel's own cache: "hit", "miss", or none when not consulted.
-    pub cache: Option<String>,
+    /// keel's own cache, when it was consulted.
+    pub cache: Option<CacheStatus>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
     /// The client's metadata and tags (`x-keel-metadata`, `x-keel-tags`, OpenAI `user`/`metadata`).
     pub metadata: serde_json::Value,
+}
+
+/// How a request ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A complete answer.
+    Ok,
+    /// An error answer from the pipeline (upstream failure, timeout, overload).
+    Error,
+    /// A stream that started and then ended with an error event.
+    StreamError,
+    /// The client went away before the answer was complete.
+    ClientDisconnected,
+    /// Refused before any upstream call (unreadable or invalid request, auth, limits, admission).
+    Rejected,
+    /// Cut by keel's shutdown deadline.
+    Shutdown,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::StreamError,
+        Outcome::ClientDisconnected,
+        Outcome::Rejected,
+        Outcome::Shutdown,
+    ];
+
+    /// The column's (and the metrics label's) text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::StreamError => "stream_error",
+            Outcome::ClientDisconnected => "client_disconnected",
+            Outcome::Rejected => "rejected",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// How keel's response cache served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    Hit,
+    SemanticHit,
+    Miss,
+    /// Not read (the client asked for `write`).
+    Bypass,
+}
+
+impl CacheStatus {
+    pub const ALL: [CacheStatus; 4] =
+        [CacheStatus::Hit, CacheStatus::SemanticHit, CacheStatus::Miss, CacheStatus::Bypass];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::SemanticHit => "semantic_hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Answered from the cache: nothing was spent upstream.
+    pub fn is_hit(self) -> bool {
+        matches!(self, CacheStatus::Hit | CacheStatus::SemanticHit)
+    }
 }
 
 /// One upstream attempt.
@@ -62,9 +144,10 @@ pub struct Query {
     /// Matches the requested or the served model.
     pub model: Option<String>,
     pub status: Option<u16>,
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    /// keel's id of the request or the client's `x-request-id`.
     pub id: Option<String>,
     /// At most this many rows (default 100, at most 10,000).
     pub limit: Option<u32>,

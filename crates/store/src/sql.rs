@@ -5,10 +5,22 @@
 /// Columns of `requests`, in insert order.
 pub(crate) const COLUMNS: &str = "id, ts_ms, key_id, tenant, api, endpoint, model_requested, model_served, status, \
      outcome, error_class, stream, attempts, ttft_ms, latency_ms, tokens_in, tokens_out, tokens_cached, cost_usd, \
-     cache, request_body, response_body, metadata";
+     cache, request_body, response_body, metadata, client_request_id";
 
 pub(crate) const KEY_COLUMNS: &str = "id, name, hash, prefix, tenant, created_ms, revoked_ms, models, \
      budget_daily_usd, budget_monthly_usd, rpm, tpm";
+
+/// `s` as the literal part of a `LIKE` pattern escaped with `\`.
+pub(crate) fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 pub(crate) fn to_i64(v: Option<u64>) -> Option<i64> {
     v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
@@ -43,7 +55,7 @@ macro_rules! store_impl {
             }
         }
 
-        impl crate::Store for $store {
+        impl crate::LogStore for $store {
             fn insert<'a>(
                 &'a self,
                 rows: &'a [crate::Record],
@@ -55,7 +67,7 @@ macro_rules! store_impl {
                     }
                     let mut tx = self.pool.begin().await?;
                     let mut inserted = 0;
-                    // Bounded statement size: SQLite allows 32,766 parameters, 23 per row.
+                    // Bounded statement size: SQLite allows 32,766 parameters, 24 per row.
                     for chunk in rows.chunks(500) {
                         let mut qb =
                             sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO requests ({}) ", crate::sql::COLUMNS));
@@ -69,7 +81,7 @@ macro_rules! store_impl {
                                 .push_bind(r.model_requested.clone())
                                 .push_bind(r.model_served.clone())
                                 .push_bind(i64::from(r.status))
-                                .push_bind(r.outcome.clone())
+                                .push_bind(r.outcome.as_str())
                                 .push_bind(r.error_class.clone())
                                 .push_bind(i64::from(r.stream))
                                 .push_bind(serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into()))
@@ -79,10 +91,11 @@ macro_rules! store_impl {
                                 .push_bind(to_i64(r.tokens_out))
                                 .push_bind(to_i64(r.tokens_cached))
                                 .push_bind(r.cost_usd)
-                                .push_bind(r.cache.clone())
+                                .push_bind(r.cache.map(crate::CacheStatus::as_str))
                                 .push_bind(r.request_body.clone())
                                 .push_bind(r.response_body.clone())
-                                .push_bind(r.metadata.to_string());
+                                .push_bind(r.metadata.to_string())
+                                .push_bind(r.client_request_id.clone());
                         });
                         qb.push(" ON CONFLICT (id) DO NOTHING");
                         inserted += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -103,7 +116,8 @@ macro_rules! store_impl {
                         crate::sql::COLUMNS
                     ));
                     if let Some(v) = &q.id {
-                        qb.push(" AND id = ").push_bind(v.clone());
+                        qb.push(" AND (id = ").push_bind(v.clone());
+                        qb.push(" OR client_request_id = ").push_bind(v.clone()).push(")");
                     }
                     if let Some(v) = &q.key_id {
                         qb.push(" AND key_id = ").push_bind(v.clone());
@@ -111,13 +125,16 @@ macro_rules! store_impl {
                     if let Some(v) = &q.model {
                         qb.push(" AND (model_requested = ").push_bind(v.clone());
                         qb.push(" OR model_served = ").push_bind(v.clone());
-                        qb.push(" OR model_served LIKE ").push_bind(format!("%/{v}")).push(")");
+                        // The name is a pattern's literal: `%` and `_` in it match only themselves.
+                        qb.push(" OR model_served LIKE ")
+                            .push_bind(format!("%/{}", crate::sql::like_literal(v)))
+                            .push(" ESCAPE '\\')");
                     }
                     if let Some(v) = q.status {
                         qb.push(" AND status = ").push_bind(i64::from(v));
                     }
-                    if let Some(v) = &q.outcome {
-                        qb.push(" AND outcome = ").push_bind(v.clone());
+                    if let Some(v) = q.outcome {
+                        qb.push(" AND outcome = ").push_bind(v.as_str());
                     }
                     if let Some(v) = q.since_ms {
                         qb.push(" AND ts_ms >= ").push_bind(v);
@@ -133,6 +150,7 @@ macro_rules! store_impl {
                             let metadata: String = row.try_get("metadata")?;
                             Ok(crate::Record {
                                 id: row.try_get("id")?,
+                                client_request_id: row.try_get("client_request_id")?,
                                 ts_ms: row.try_get("ts_ms")?,
                                 key_id: row.try_get("key_id")?,
                                 tenant: row.try_get("tenant")?,
@@ -141,7 +159,12 @@ macro_rules! store_impl {
                                 model_requested: row.try_get("model_requested")?,
                                 model_served: row.try_get("model_served")?,
                                 status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
-                                outcome: row.try_get("outcome")?,
+                                outcome: {
+                                    let text: String = row.try_get("outcome")?;
+                                    crate::Outcome::parse(&text).ok_or_else(|| {
+                                        crate::StoreError::Invalid(format!("unknown outcome {text:?}"))
+                                    })?
+                                },
                                 error_class: row.try_get("error_class")?,
                                 stream: row.try_get::<i64, _>("stream")? != 0,
                                 attempts: serde_json::from_str(&attempts)
@@ -152,7 +175,15 @@ macro_rules! store_impl {
                                 tokens_out: crate::sql::to_u64(row.try_get("tokens_out")?),
                                 tokens_cached: crate::sql::to_u64(row.try_get("tokens_cached")?),
                                 cost_usd: row.try_get("cost_usd")?,
-                                cache: row.try_get("cache")?,
+                                cache: {
+                                    let text: Option<String> = row.try_get("cache")?;
+                                    match text {
+                                        Some(t) => Some(crate::CacheStatus::parse(&t).ok_or_else(|| {
+                                            crate::StoreError::Invalid(format!("unknown cache status {t:?}"))
+                                        })?),
+                                        None => None,
+                                    }
+                                },
                                 request_body: row.try_get("request_body")?,
                                 response_body: row.try_get("response_body")?,
                                 metadata: serde_json::from_str(&metadata)
@@ -171,6 +202,26 @@ macro_rules! store_impl {
                 })
             }
 
+            fn spend_since<'a>(
+                &'a self,
+                key_id: &'a str,
+                since_ms: i64,
+            ) -> futures::future::BoxFuture<'a, Result<f64, crate::StoreError>> {
+                Box::pin(async move {
+                    use sqlx::Row;
+                    let row = sqlx::query(
+                        "SELECT COALESCE(SUM(cost_usd), 0.0) AS spent FROM requests WHERE key_id = $1 AND ts_ms >= $2",
+                    )
+                    .bind(key_id.to_string())
+                    .bind(since_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(row.try_get::<f64, _>("spent")?)
+                })
+            }
+        }
+
+        impl crate::KeyStore for $store {
             fn create_key<'a>(
                 &'a self,
                 k: &'a crate::KeyRecord,
@@ -241,25 +292,9 @@ macro_rules! store_impl {
                     row.as_ref().map(Self::key_row).transpose()
                 })
             }
+        }
 
-            fn spend_since<'a>(
-                &'a self,
-                key_id: &'a str,
-                since_ms: i64,
-            ) -> futures::future::BoxFuture<'a, Result<f64, crate::StoreError>> {
-                Box::pin(async move {
-                    use sqlx::Row;
-                    let row = sqlx::query(
-                        "SELECT COALESCE(SUM(cost_usd), 0.0) AS spent FROM requests WHERE key_id = $1 AND ts_ms >= $2",
-                    )
-                    .bind(key_id.to_string())
-                    .bind(since_ms)
-                    .fetch_one(&self.pool)
-                    .await?;
-                    Ok(row.try_get::<f64, _>("spent")?)
-                })
-            }
-
+        impl crate::CacheStore for $store {
             fn cache_put<'a>(
                 &'a self,
                 r: &'a crate::SemanticRow,
@@ -339,7 +374,9 @@ macro_rules! store_impl {
                     Ok(done.rows_affected())
                 })
             }
+        }
 
+        impl crate::Store for $store {
             fn backend(&self) -> &'static str {
                 <$store>::BACKEND
             }

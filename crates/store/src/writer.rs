@@ -5,15 +5,23 @@
 //! full the configured policy applies, and is counted: `wait` (the request path waits for room; nothing is
 //! lost) or `drop_bodies` (the row is kept without its bodies; only when even that does not fit does it wait).
 //! A batch that fails to write is retried with backoff, never dropped; on shutdown the queue is drained.
+//!
+//! Waiting is real back-pressure: [`LogWriter::write`] returns once the row is queued, and the request path
+//! awaits it (a non-streamed answer before it is sent, a stream before its last event). Only a row whose
+//! request is already gone (the client disconnected) cannot wait: it waits in one of at most `max_waiting`
+//! background waiters, and past those it is dropped, counted and reported.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::{Record, Store};
+use crate::{LogStore, Record};
 
 /// What to do when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,11 +42,13 @@ pub struct WriterConfig {
     pub on_full: OnFull,
     /// Rows older than this are deleted (checked hourly); none when unset.
     pub retention: Option<Duration>,
+    /// Rows that could not wait in line (their request is gone) and wait in the background, at most.
+    pub max_waiting: usize,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { max_queue_bytes: 64 << 20, batch_max: 512, on_full: OnFull::Wait, retention: None }
+        Self { max_queue_bytes: 64 << 20, batch_max: 512, on_full: OnFull::Wait, retention: None, max_waiting: 1024 }
     }
 }
 
@@ -54,6 +64,10 @@ pub struct WriterStats {
     pub bodies_dropped: AtomicU64,
     /// Rows that had to wait for room (`wait`).
     pub waited: AtomicU64,
+    /// Rows waiting in the background now (their request is gone).
+    pub waiting_detached: AtomicU64,
+    /// Rows dropped: the queue was full and no background waiter was free, or the log was closed.
+    pub dropped: AtomicU64,
 }
 
 struct Queued {
@@ -63,6 +77,9 @@ struct Queued {
 }
 
 /// The handle the request path writes through; cheap to clone.
+///
+/// The channel to the drain task is unbounded in items on purpose: every item in it holds permits of `room`,
+/// the semaphore of bytes, so the queue's memory is bounded by `max_queue_bytes` (a row weighs at least 512).
 #[derive(Clone)]
 pub struct LogWriter {
     tx: mpsc::UnboundedSender<Queued>,
@@ -70,6 +87,8 @@ pub struct LogWriter {
     capacity: usize,
     on_full: OnFull,
     stats: Arc<WriterStats>,
+    /// Background waiters left for rows that cannot wait in line.
+    waiters: Arc<Semaphore>,
 }
 
 /// The drain task; `close` flushes what is queued and waits for it.
@@ -80,13 +99,20 @@ pub struct WriterTask {
 
 impl LogWriter {
     /// Starts the drain task on the current runtime.
-    pub fn spawn(store: Arc<dyn Store>, config: WriterConfig) -> (Self, WriterTask) {
+    pub fn spawn(store: Arc<dyn LogStore>, config: WriterConfig) -> (Self, WriterTask) {
         let (tx, rx) = mpsc::unbounded_channel();
         let capacity = config.max_queue_bytes.clamp(1 << 16, u32::MAX as usize);
         let stats = Arc::new(WriterStats::default());
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let join = tokio::spawn(drain(store, rx, stopping, config.clone(), stats.clone()));
-        let writer = Self { tx, room: Arc::new(Semaphore::new(capacity)), capacity, on_full: config.on_full, stats };
+        let writer = Self {
+            tx,
+            room: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            on_full: config.on_full,
+            stats,
+            waiters: Arc::new(Semaphore::new(config.max_waiting)),
+        };
         (writer, WriterTask { join, stop })
     }
 
@@ -94,25 +120,33 @@ impl LogWriter {
         &self.stats
     }
 
-    /// Queues a row, waiting for room when the queue is full and the policy says so.
-    pub async fn write(&self, record: Record) {
-        match self.try_write(record) {
-            None => {}
-            Some(record) => {
-                self.stats.waited.fetch_add(1, Ordering::Relaxed);
-                let weight = self.weight(&record);
-                if let Ok(permit) = self.room.clone().acquire_many_owned(weight).await {
-                    self.enqueue(record, permit);
-                }
-            }
-        }
+    /// Queues a row, waiting for room when the queue is full and the policy says so. Cancel-safe: a write
+    /// dropped before its row was queued hands the row to [`LogWriter::write_detached`], so no row is lost
+    /// because its request went away while waiting.
+    pub fn write(&self, record: Record) -> Write {
+        Write { writer: self.clone(), record: Some(record), room: None }
     }
 
-    /// Queues a row from a context that cannot wait (a stream being dropped): when it must wait, a task waits.
+    /// Queues a row from a context that cannot wait (the request is gone: its client disconnected). When the
+    /// queue is full after the policy, the row waits in a background waiter if one of `max_waiting` is free, and
+    /// is dropped (counted in `dropped`, reported) otherwise: the number of waiting rows stays bounded however
+    /// long the store is slow.
     pub fn write_detached(&self, record: Record) {
-        if let Some(record) = self.try_write(record) {
-            let this = self.clone();
-            tokio::spawn(async move { this.write(record).await });
+        let Some(record) = self.try_write(record) else { return };
+        match (self.waiters.clone().try_acquire_owned(), tokio::runtime::Handle::try_current()) {
+            (Ok(waiter), Ok(rt)) => {
+                let this = self.clone();
+                this.stats.waiting_detached.fetch_add(1, Ordering::Relaxed);
+                rt.spawn(async move {
+                    this.write(record).await;
+                    this.stats.waiting_detached.fetch_sub(1, Ordering::Relaxed);
+                    drop(waiter);
+                });
+            }
+            _ => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(id = %record.id, "request log queue full and every background waiter busy; a row was dropped");
+            }
         }
     }
 
@@ -144,9 +178,62 @@ impl LogWriter {
         let weight = permit.num_permits() as u64;
         self.stats.queued_rows.fetch_add(1, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        if self.tx.send(Queued { record, weight, permit }).is_err() {
+        if let Err(e) = self.tx.send(Queued { record, weight, permit }) {
             // Only after `close`: the process is stopping and the drain task is gone.
-            tracing::error!("request log closed; a row was not written");
+            self.stats.queued_rows.fetch_sub(1, Ordering::Relaxed);
+            self.stats.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(id = %e.0.record.id, "request log closed; a row was not written");
+        }
+    }
+}
+
+/// The future of [`LogWriter::write`].
+pub struct Write {
+    writer: LogWriter,
+    record: Option<Record>,
+    room: Option<Room>,
+}
+
+/// Waiting for room in the queue.
+type Room = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+
+impl Future for Write {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.room.is_none() {
+            let Some(record) = self.record.take() else { return Poll::Ready(()) };
+            match self.writer.try_write(record) {
+                None => return Poll::Ready(()),
+                Some(record) => {
+                    self.writer.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    let weight = self.writer.weight(&record);
+                    self.record = Some(record);
+                    self.room = Some(Box::pin(self.writer.room.clone().acquire_many_owned(weight)));
+                }
+            }
+        }
+        let Some(room) = self.room.as_mut() else { return Poll::Ready(()) };
+        let permit = futures::ready!(room.as_mut().poll(cx));
+        self.room = None;
+        match (permit, self.record.take()) {
+            (Ok(permit), Some(record)) => self.writer.enqueue(record, permit),
+            (Err(_), Some(record)) => {
+                // The semaphore is never closed; if it were, the row would be reported, not lost quietly.
+                self.writer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(id = %record.id, "request log queue unavailable; a row was dropped");
+            }
+            (_, None) => {}
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Write {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.writer.write_detached(record);
         }
     }
 }
@@ -161,7 +248,7 @@ impl WriterTask {
 }
 
 async fn drain(
-    store: Arc<dyn Store>,
+    store: Arc<dyn LogStore>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     cfg: WriterConfig,

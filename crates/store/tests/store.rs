@@ -11,6 +11,7 @@ use keel_store::{AttemptRow, KeyRecord, LogWriter, OnFull, PgStore, Query, Recor
 fn record(i: usize, ts_ms: i64) -> Record {
     Record {
         id: format!("req-{i:05}"),
+        client_request_id: None,
         ts_ms,
         key_id: Some(if i.is_multiple_of(2) { "key-even".into() } else { "key-odd".into() }),
         tenant: Some("acme".into()),
@@ -19,7 +20,7 @@ fn record(i: usize, ts_ms: i64) -> Record {
         model_requested: Some(if i.is_multiple_of(3) { "fast".into() } else { "smart".into() }),
         model_served: Some("openai/gpt-4o-mini".into()),
         status: if i.is_multiple_of(5) { 429 } else { 200 },
-        outcome: if i.is_multiple_of(5) { "error".into() } else { "ok".into() },
+        outcome: if i.is_multiple_of(5) { keel_store::Outcome::Error } else { keel_store::Outcome::Ok },
         error_class: i.is_multiple_of(5).then(|| "rate_limited".into()),
         stream: !i.is_multiple_of(2),
         attempts: vec![AttemptRow {
@@ -97,7 +98,7 @@ async fn battery(store: Arc<dyn Store>) {
     assert_eq!(got.len(), (100..200).filter(|i| i % 3 == 0).count());
     let q = Query { model: Some("gpt-4o-mini".into()), limit: Some(5), ..Query::default() };
     assert_eq!(store.query(&q).await.unwrap().len(), 5, "the served model matches too; limit applies");
-    let q = Query { outcome: Some("error".into()), limit: Some(10_000), ..Query::default() };
+    let q = Query { outcome: Some(keel_store::Outcome::Error), limit: Some(10_000), ..Query::default() };
     assert_eq!(store.query(&q).await.unwrap().len(), 240);
 
     // Spend per key comes from the log.
@@ -149,7 +150,8 @@ async fn keys(store: &dyn Store) {
 
 async fn writer_battery(store: Arc<dyn Store>) {
     // Many concurrent writers through a small queue: every row arrives exactly once.
-    let config = WriterConfig { max_queue_bytes: 1 << 16, batch_max: 64, on_full: OnFull::Wait, retention: None };
+    let config =
+        WriterConfig { max_queue_bytes: 1 << 16, batch_max: 64, on_full: OnFull::Wait, ..WriterConfig::default() };
     let (writer, task) = LogWriter::spawn(store.clone(), config);
     let mut joins = Vec::new();
     for w in 0..16 {
@@ -206,89 +208,44 @@ async fn postgres_writer_loses_nothing_under_concurrency() {
     writer_battery(postgres().await).await;
 }
 
+/// A log store that blocks its writes until released, so that the writer's queue fills: the test double
+/// implements only the capability it stands in for.
+struct Gate {
+    inner: Arc<dyn Store>,
+    open: tokio::sync::Semaphore,
+}
+
+impl keel_store::LogStore for Gate {
+    fn insert<'a>(&'a self, rows: &'a [Record]) -> futures::future::BoxFuture<'a, Result<u64, keel_store::StoreError>> {
+        Box::pin(async move {
+            let _p = self.open.acquire().await.unwrap();
+            self.inner.insert(rows).await
+        })
+    }
+    fn query<'a>(
+        &'a self,
+        q: &'a Query,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Record>, keel_store::StoreError>> {
+        self.inner.query(q)
+    }
+    fn purge_before(&self, ts: i64) -> futures::future::BoxFuture<'_, Result<u64, keel_store::StoreError>> {
+        self.inner.purge_before(ts)
+    }
+    fn spend_since<'a>(
+        &'a self,
+        k: &'a str,
+        t: i64,
+    ) -> futures::future::BoxFuture<'a, Result<f64, keel_store::StoreError>> {
+        self.inner.spend_since(k, t)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_bodies_keeps_every_row_and_counts_the_drops() {
-    // A store that blocks until released, so the queue fills.
-    struct Gate {
-        inner: Arc<dyn Store>,
-        open: tokio::sync::Semaphore,
-    }
-    impl Store for Gate {
-        fn insert<'a>(
-            &'a self,
-            rows: &'a [Record],
-        ) -> futures::future::BoxFuture<'a, Result<u64, keel_store::StoreError>> {
-            Box::pin(async move {
-                let _p = self.open.acquire().await.unwrap();
-                self.inner.insert(rows).await
-            })
-        }
-        fn query<'a>(
-            &'a self,
-            q: &'a Query,
-        ) -> futures::future::BoxFuture<'a, Result<Vec<Record>, keel_store::StoreError>> {
-            self.inner.query(q)
-        }
-        fn purge_before(&self, ts: i64) -> futures::future::BoxFuture<'_, Result<u64, keel_store::StoreError>> {
-            self.inner.purge_before(ts)
-        }
-        fn create_key<'a>(
-            &'a self,
-            k: &'a KeyRecord,
-        ) -> futures::future::BoxFuture<'a, Result<(), keel_store::StoreError>> {
-            self.inner.create_key(k)
-        }
-        fn list_keys(&self) -> futures::future::BoxFuture<'_, Result<Vec<KeyRecord>, keel_store::StoreError>> {
-            self.inner.list_keys()
-        }
-        fn revoke_key<'a>(
-            &'a self,
-            id: &'a str,
-            at: i64,
-        ) -> futures::future::BoxFuture<'a, Result<bool, keel_store::StoreError>> {
-            self.inner.revoke_key(id, at)
-        }
-        fn key_by_hash<'a>(
-            &'a self,
-            h: &'a str,
-        ) -> futures::future::BoxFuture<'a, Result<Option<KeyRecord>, keel_store::StoreError>> {
-            self.inner.key_by_hash(h)
-        }
-        fn spend_since<'a>(
-            &'a self,
-            k: &'a str,
-            t: i64,
-        ) -> futures::future::BoxFuture<'a, Result<f64, keel_store::StoreError>> {
-            self.inner.spend_since(k, t)
-        }
-        fn cache_put<'a>(
-            &'a self,
-            r: &'a keel_store::SemanticRow,
-        ) -> futures::future::BoxFuture<'a, Result<(), keel_store::StoreError>> {
-            self.inner.cache_put(r)
-        }
-        fn cache_load(
-            &self,
-            now: i64,
-        ) -> futures::future::BoxFuture<'_, Result<Vec<keel_store::SemanticRow>, keel_store::StoreError>> {
-            self.inner.cache_load(now)
-        }
-        fn cache_delete<'a>(
-            &'a self,
-            ids: &'a [i64],
-        ) -> futures::future::BoxFuture<'a, Result<u64, keel_store::StoreError>> {
-            self.inner.cache_delete(ids)
-        }
-        fn cache_purge(&self, now: i64) -> futures::future::BoxFuture<'_, Result<u64, keel_store::StoreError>> {
-            self.inner.cache_purge(now)
-        }
-        fn backend(&self) -> &'static str {
-            "gate"
-        }
-    }
     let (inner, dir) = sqlite().await;
     let gate = Arc::new(Gate { inner: inner.clone(), open: tokio::sync::Semaphore::new(0) });
-    let config = WriterConfig { max_queue_bytes: 1 << 16, batch_max: 8, on_full: OnFull::DropBodies, retention: None };
+    let config =
+        WriterConfig { max_queue_bytes: 1 << 16, batch_max: 8, on_full: OnFull::DropBodies, ..WriterConfig::default() };
     let (writer, task) = LogWriter::spawn(gate.clone(), config);
     let stats = writer.stats().clone();
     let producer = tokio::spawn(async move {
@@ -348,4 +305,76 @@ async fn sqlite_keeps_semantic_cache_entries() {
 #[tokio::test]
 async fn postgres_keeps_semantic_cache_entries() {
     semantic_battery(postgres().await).await;
+}
+
+/// Rows whose request is gone (`write_detached`) under `wait`: when the queue is full they wait in at most
+/// `max_waiting` background waiters; past that they are dropped and counted, never piled up without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_rows_wait_in_bounded_waiters_and_the_rest_are_counted() {
+    let (inner, dir) = sqlite().await;
+    let gate = Arc::new(Gate { inner: inner.clone(), open: tokio::sync::Semaphore::new(0) });
+    let config = WriterConfig {
+        max_queue_bytes: 1 << 16,
+        batch_max: 8,
+        on_full: OnFull::Wait,
+        max_waiting: 16,
+        ..WriterConfig::default()
+    };
+    let (writer, task) = LogWriter::spawn(gate.clone(), config);
+    let stats = writer.stats().clone();
+    for i in 0..500 {
+        let mut r = record(i, 2_000_000_000_000 + i as i64);
+        r.request_body = Some("z".repeat(4000));
+        writer.write_detached(r);
+    }
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&stats.waiting_detached) <= 16, "at most max_waiting rows wait: {}", load(&stats.waiting_detached));
+    let dropped = load(&stats.dropped);
+    assert!(dropped > 0, "past the waiters, rows are dropped and counted");
+    gate.open.add_permits(1_000_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while load(&stats.waiting_detached) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the waiting rows were never written");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(writer);
+    task.close().await;
+    let got = inner.query(&Query { limit: Some(10_000), ..Query::default() }).await.unwrap();
+    assert_eq!(got.len() as u64 + dropped, 500, "every row is written or counted as dropped");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A write whose request goes away before there is room hands its row to the detached path: nothing is lost
+/// because the client left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_still_queues_its_row() {
+    let (inner, dir) = sqlite().await;
+    let gate = Arc::new(Gate { inner: inner.clone(), open: tokio::sync::Semaphore::new(0) });
+    let config =
+        WriterConfig { max_queue_bytes: 1 << 16, batch_max: 8, on_full: OnFull::Wait, ..WriterConfig::default() };
+    let (writer, task) = LogWriter::spawn(gate.clone(), config);
+    let big = |i: usize| {
+        let mut r = record(i, 2_100_000_000_000 + i as i64);
+        r.request_body = Some("w".repeat(30_000));
+        r
+    };
+    // Fill the queue, then give up on a write that has to wait.
+    for i in 0..2 {
+        writer.write(big(i)).await;
+    }
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), writer.write(big(2))).await;
+    assert!(waiting.is_err(), "the third row had to wait");
+    let stats = writer.stats().clone();
+    assert_eq!(stats.waiting_detached.load(std::sync::atomic::Ordering::Relaxed), 1, "handed to a waiter");
+    gate.open.add_permits(1_000_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stats.waiting_detached.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the abandoned row was never queued");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(writer);
+    task.close().await;
+    let got = inner.query(&Query { limit: Some(100), ..Query::default() }).await.unwrap();
+    assert_eq!(got.len(), 3, "the abandoned write's row was written too");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -7,13 +7,30 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct TranslateError {
+    pub kind: TranslateErrorKind,
     pub message: String,
     pub param: Option<String>,
 }
 
+/// Whose fault a refusal is, which decides what the caller does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranslateErrorKind {
+    /// A valid canonical request that the Anthropic API cannot express (`n` > 1, an audio part, a non-function
+    /// tool): another vendor may serve it, so a route falls over.
+    Unsupported,
+    /// A client's request that keel cannot read as meant (an Anthropic request with a block keel does not
+    /// model): the client's to fix.
+    Invalid,
+}
+
 impl TranslateError {
-    /// An error about the field at `param`.
+    /// An error about the field at `param`; its kind is set by the public function that returns it.
     pub(crate) fn at(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { message: message.into(), param: Some(param.into()) }
+        Self { kind: TranslateErrorKind::Invalid, message: message.into(), param: Some(param.into()) }
+    }
+
+    pub(crate) fn of_kind(mut self, kind: TranslateErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 }

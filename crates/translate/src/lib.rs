@@ -31,7 +31,7 @@ mod response;
 mod stream_to_chat;
 mod stream_to_messages;
 
-pub use error::TranslateError;
+pub use error::{TranslateError, TranslateErrorKind};
 pub use mapping::{finish_reason_to_stop, stop_to_finish_reason, usage_to_anthropic, usage_to_chat};
 pub use request_to_chat::messages_request_to_chat;
 pub use request_to_messages::chat_request_to_messages;

@@ -1,7 +1,7 @@
 //! Stop reasons and token usage, mapped between the two APIs.
 
 use keel_types::anthropic::{AUsage, StopReason};
-use keel_types::{Extra, FinishReason, PromptTokensDetails, Usage};
+use keel_types::{ANTHROPIC_STOP_REASON, Extra, FinishReason, PromptTokensDetails, STOP_SEQUENCE, Usage};
 use serde_json::Value;
 
 /// The key under which a canonical [`Usage`] keeps Anthropic's prompt-cache writes. OpenAI has no such field;
@@ -54,6 +54,47 @@ pub fn usage_to_chat(u: &AUsage) -> Usage {
         usage.extra.insert(CACHE_CREATION.into(), creation.into());
     }
     usage
+}
+
+/// What an Anthropic stop says beyond its OpenAI `finish_reason`, kept in the canonical choice's `extra`: the
+/// stop sequence that matched, and a stop reason OpenAI has no word for (`pause_turn`), so that an Anthropic
+/// client served by Anthropic through keel sees exactly what Anthropic said.
+pub(crate) fn stop_details(reason: Option<&StopReason>, sequence: Option<String>) -> Extra {
+    let mut extra = Extra::new();
+    match reason {
+        Some(StopReason::StopSequence) => {
+            extra.insert(STOP_SEQUENCE.into(), sequence.map_or(Value::Null, Value::String));
+        }
+        Some(r @ (StopReason::PauseTurn | StopReason::Other(_))) => {
+            if let Ok(Value::String(s)) = serde_json::to_value(r) {
+                extra.insert(ANTHROPIC_STOP_REASON.into(), Value::String(s));
+            }
+        }
+        _ => {}
+    }
+    extra
+}
+
+/// The Anthropic `stop_reason` and `stop_sequence` of a canonical choice: what [`stop_details`] kept, else the
+/// mapping of its finish reason.
+pub(crate) fn anthropic_stop(
+    finish: Option<&FinishReason>,
+    has_tool_calls: bool,
+    extra: &Extra,
+) -> (Option<StopReason>, Option<String>) {
+    if let Some(Value::String(r)) = extra.get(ANTHROPIC_STOP_REASON)
+        && let Ok(reason) = serde_json::from_value::<StopReason>(Value::String(r.clone()))
+    {
+        return (Some(reason), None);
+    }
+    if !has_tool_calls && matches!(finish, Some(FinishReason::Stop)) {
+        match extra.get(STOP_SEQUENCE) {
+            Some(Value::String(s)) => return (Some(StopReason::StopSequence), Some(s.clone())),
+            Some(Value::Null) => return (Some(StopReason::StopSequence), None),
+            _ => {}
+        }
+    }
+    (stop_reason_with_tools(finish, has_tool_calls), None)
 }
 
 /// OpenAI usage → Anthropic usage, the inverse of [`usage_to_chat`].

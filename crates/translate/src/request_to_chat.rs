@@ -18,8 +18,8 @@ use keel_types::anthropic::{
     AContent, AMessage, ARole, ATool, AToolChoice, ContentBlock, MessagesRequest, SystemPrompt, ToolResultContent,
 };
 use keel_types::{
-    ChatRequest, Content, ContentPart, Extra, FunctionCall, FunctionDef, FunctionName, ImageUrl, Message,
-    NamedToolChoice, Role, Stop, StreamOptions, Tool, ToolCall, ToolChoice,
+    AnthropicOrigin, ChatRequest, Content, ContentPart, Extra, FunctionCall, FunctionDef, FunctionName, ImageUrl,
+    Message, NamedToolChoice, Role, Stop, StreamOptions, Tool, ToolCall, ToolChoice,
 };
 use serde_json::Value;
 
@@ -40,6 +40,9 @@ pub fn messages_request_to_chat(req: MessagesRequest) -> Result<ChatRequest, Tra
         }
     }
     let (tool_choice, parallel_tool_calls) = tool_choice(req.tool_choice);
+    // Every field keel does not model is Anthropic's own: it travels on to an Anthropic upstream and is left
+    // out for other vendors.
+    let origin = AnthropicOrigin { fields: req.extra.keys().cloned().collect(), beta: None };
     let mut extra = req.extra;
     if let Some(top_k) = req.top_k {
         extra.insert("top_k".into(), top_k.into());
@@ -63,6 +66,7 @@ pub fn messages_request_to_chat(req: MessagesRequest) -> Result<ChatRequest, Tra
         user: req.metadata.and_then(|m| m.user_id),
         metadata: None,
         extra,
+        anthropic: Some(Box::new(origin)),
     })
 }
 

@@ -15,8 +15,9 @@
 //! What is dropped, because Anthropic has no equal and the answer means the same without it: `seed`,
 //! `frequency_penalty`, `presence_penalty`, `logit_bias`, `logprobs`/`top_logprobs` (the answer carries none),
 //! `stream_options` (Anthropic always reports usage), message `name`s, image `detail`, function `strict`, and
-//! every `extra` key other than Anthropic's own request fields ([`ANTHROPIC_FIELDS`]), which Anthropic would
-//! reject as unknown. `temperature` is passed as it is: Anthropic accepts 0–1 and refuses more, which is an
+//! every `extra` key other than Anthropic's own request fields ([`ANTHROPIC_FIELDS`], and whatever an Anthropic
+//! client sent that keel does not model, named in `ChatRequest::anthropic`), which Anthropic would reject as
+//! unknown. `temperature` is passed as it is: Anthropic accepts 0–1 and refuses more, which is an
 //! honest answer to a value it cannot honour.
 
 use keel_types::anthropic::{
@@ -26,15 +27,25 @@ use keel_types::anthropic::{
 use keel_types::{ChatRequest, Content, Extra, Message, ResponseFormat, Role, Stop, Tool, ToolChoice};
 use serde_json::{Value, json};
 
-use crate::TranslateError;
 use crate::content::{block_extra, image_source, parse_arguments, thinking_blocks};
+use crate::{TranslateError, TranslateErrorKind};
 
 /// Anthropic request fields keel does not model; these `extra` keys of a canonical request are sent along.
 const ANTHROPIC_FIELDS: [&str; 5] = ["thinking", "service_tier", "container", "mcp_servers", "context_management"];
 
 /// Translate a canonical request for an Anthropic upstream serving `upstream_model`. Without a token limit in
 /// the request, `default_max_tokens` is used, since Anthropic requires one.
+///
+/// Every refusal is [`TranslateErrorKind::Unsupported`]: the request is valid, Anthropic cannot express it.
 pub fn chat_request_to_messages(
+    req: &ChatRequest,
+    upstream_model: &str,
+    default_max_tokens: u32,
+) -> Result<MessagesRequest, TranslateError> {
+    translate(req, upstream_model, default_max_tokens).map_err(|e| e.of_kind(TranslateErrorKind::Unsupported))
+}
+
+fn translate(
     req: &ChatRequest,
     upstream_model: &str,
     default_max_tokens: u32,
@@ -92,9 +103,14 @@ pub fn chat_request_to_messages(
         stop_sequences: req.stop.as_ref().map(Stop::to_vec),
         stream: req.stream,
         metadata: req.user.as_ref().map(|u| AMetadata { user_id: Some(u.clone()) }),
-        extra: ANTHROPIC_FIELDS
+        extra: req
+            .extra
             .iter()
-            .filter_map(|k| req.extra.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .filter(|(k, _)| {
+                ANTHROPIC_FIELDS.contains(&k.as_str())
+                    || req.anthropic.as_ref().is_some_and(|a| a.fields.iter().any(|f| f == *k))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     })
 }

@@ -13,7 +13,7 @@ use keel_types::{ChatResponse, Choice, Content, Extra, FunctionCall, Message, Ro
 use serde_json::Value;
 
 use crate::content::{REASONING_CONTENT, THINKING_BLOCKS, is_thinking, reasoning, thinking_blocks, thinking_json};
-use crate::mapping::{stop_reason_with_tools, stop_to_finish_reason, usage_to_anthropic, usage_to_chat};
+use crate::mapping::{anthropic_stop, stop_details, stop_to_finish_reason, usage_to_anthropic, usage_to_chat};
 
 /// Translate an Anthropic answer for a canonical client.
 pub fn messages_response_to_chat(resp: MessagesResponse) -> ChatResponse {
@@ -61,6 +61,7 @@ pub fn messages_response_to_chat(resp: MessagesResponse) -> ChatResponse {
             message,
             finish_reason: resp.stop_reason.as_ref().map(stop_to_finish_reason),
             logprobs: None,
+            extra: stop_details(resp.stop_reason.as_ref(), resp.stop_sequence),
         }],
         usage: Some(usage_to_chat(&resp.usage)),
         system_fingerprint: None,
@@ -73,7 +74,7 @@ pub fn messages_response_to_chat(resp: MessagesResponse) -> ChatResponse {
 /// lost; empty arguments mean `{}`.
 pub fn chat_response_to_messages(resp: ChatResponse) -> MessagesResponse {
     let mut content = Vec::new();
-    let mut stop_reason = None;
+    let (mut stop_reason, mut stop_sequence) = (None, None);
     if let Some(choice) = resp.choices.into_iter().min_by_key(|c| c.index) {
         let m = choice.message;
         let signed = thinking_blocks(&m.extra);
@@ -87,7 +88,7 @@ pub fn chat_response_to_messages(resp: ChatResponse) -> MessagesResponse {
             content.push(ContentBlock::Text { text, extra: Extra::new() });
         }
         let calls = m.tool_calls.unwrap_or_default();
-        stop_reason = stop_reason_with_tools(choice.finish_reason.as_ref(), !calls.is_empty());
+        (stop_reason, stop_sequence) = anthropic_stop(choice.finish_reason.as_ref(), !calls.is_empty(), &choice.extra);
         content.extend(calls.into_iter().map(|call| ContentBlock::ToolUse {
             id: call.id,
             name: call.function.name,
@@ -102,7 +103,7 @@ pub fn chat_response_to_messages(resp: ChatResponse) -> MessagesResponse {
         content,
         model: resp.model,
         stop_reason,
-        stop_sequence: None,
+        stop_sequence,
         usage: resp.usage.as_ref().map(usage_to_anthropic).unwrap_or_default(),
     }
 }

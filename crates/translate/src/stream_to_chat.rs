@@ -11,7 +11,7 @@ use keel_types::{ChatChunk, ChunkChoice, Delta, Extra, FinishReason, FunctionCal
 use serde_json::Value;
 
 use crate::content::REASONING_CONTENT;
-use crate::mapping::{stop_to_finish_reason, usage_to_chat};
+use crate::mapping::{stop_details, stop_to_finish_reason, usage_to_chat};
 
 /// Translates one Anthropic event stream into chat chunks, one event at a time.
 #[derive(Debug, Default)]
@@ -53,8 +53,12 @@ impl MessagesToChatStream {
             StreamEvent::ContentBlockDelta { index, delta } => self.block_delta(index, delta),
             StreamEvent::MessageDelta { delta, usage } => {
                 self.delta_usage = Some(usage);
-                let finish_reason = delta.stop_reason.as_ref().map(stop_to_finish_reason);
-                finish_reason.map(|r| self.chunk(Delta::default(), Some(r))).into_iter().collect()
+                let Some(reason) = delta.stop_reason.as_ref() else { return Vec::new() };
+                let mut chunk = self.chunk(Delta::default(), Some(stop_to_finish_reason(reason)));
+                for c in &mut chunk.choices {
+                    c.extra = stop_details(Some(reason), delta.stop_sequence.clone());
+                }
+                vec![chunk]
             }
             StreamEvent::MessageStop if !self.complete => {
                 self.complete = true;
@@ -156,7 +160,7 @@ impl MessagesToChatStream {
     }
 
     fn chunk(&self, delta: Delta, finish_reason: Option<FinishReason>) -> ChatChunk {
-        let choice = ChunkChoice { index: 0, delta, finish_reason, logprobs: None };
+        let choice = ChunkChoice { index: 0, delta, finish_reason, logprobs: None, extra: Extra::new() };
         ChatChunk { choices: vec![choice], ..self.chunk_without_choice() }
     }
 

@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use crate::content::reasoning;
 use crate::json_scan::JsonScan;
-use crate::mapping::{stop_reason_with_tools, usage_to_anthropic};
+use crate::mapping::{anthropic_stop, usage_to_anthropic};
 
 /// Translates one canonical chunk stream into Anthropic events, one chunk at a time.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub struct ChatToMessagesStream {
     closed: Vec<(u32, String)>,
     tool_calls: u32,
     finish_reason: Option<FinishReason>,
+    /// The finishing choice's vendor fields (the stop sequence that matched).
+    finish_extra: Extra,
     usage: Option<Usage>,
 }
 
@@ -109,6 +111,7 @@ impl ChatToMessagesStream {
             closed: Vec::new(),
             tool_calls: 0,
             finish_reason: None,
+            finish_extra: Extra::new(),
             usage: None,
         }
     }
@@ -135,6 +138,7 @@ impl ChatToMessagesStream {
             }
             if let Some(reason) = choice.finish_reason {
                 self.finish_reason = Some(reason);
+                self.finish_extra = choice.extra;
             }
         }
         out
@@ -151,15 +155,16 @@ impl ChatToMessagesStream {
             self.close_front(&mut out);
             self.open_front(&mut out);
         }
-        let stop_reason =
-            stop_reason_with_tools(self.finish_reason.as_ref(), self.tool_calls > 0).or(Some(StopReason::EndTurn));
+        let (stop_reason, stop_sequence) =
+            anthropic_stop(self.finish_reason.as_ref(), self.tool_calls > 0, &self.finish_extra);
+        let stop_reason = stop_reason.or(Some(StopReason::EndTurn));
         // Without real usage the hint is repeated: clients copy `input_tokens` of `message_delta` when present.
         let usage = self
             .usage
             .as_ref()
             .map(usage_to_anthropic)
             .unwrap_or(AUsage { input_tokens: self.input_tokens_hint, ..AUsage::default() });
-        out.push(StreamEvent::MessageDelta { delta: MessageDeltaBody { stop_reason, stop_sequence: None }, usage });
+        out.push(StreamEvent::MessageDelta { delta: MessageDeltaBody { stop_reason, stop_sequence }, usage });
         out.push(StreamEvent::MessageStop);
         self.phase = Phase::Ended;
         out

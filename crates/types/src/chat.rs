@@ -41,6 +41,21 @@ pub struct ChatRequest {
     /// Every field keel does not model (`n`, penalties, `logit_bias`, `reasoning_effort`, vendor fields…).
     #[serde(flatten)]
     pub extra: Extra,
+    /// Set when an Anthropic client sent the request: what it said for Anthropic's sake alone. Never part of
+    /// the serialized request.
+    #[serde(skip)]
+    pub anthropic: Option<Box<AnthropicOrigin>>,
+}
+
+/// What an Anthropic client's request carries for Anthropic alone: request fields keel does not model (they
+/// stay in [`ChatRequest::extra`], named here) and the `anthropic-beta` header. An Anthropic upstream receives
+/// them as they came; other vendors would reject them, so their providers leave them out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnthropicOrigin {
+    /// Keys of `extra` that are Anthropic request fields.
+    pub fields: Vec<String>,
+    /// The `anthropic-beta` header, as sent.
+    pub beta: Option<String>,
 }
 
 impl ChatRequest {
@@ -327,7 +342,16 @@ pub struct Choice {
     pub finish_reason: Option<FinishReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Value>,
+    /// Vendor fields of the choice (vLLM's `stop_reason`), and what an Anthropic answer says that OpenAI's
+    /// `finish_reason` cannot: [`STOP_SEQUENCE`] and [`ANTHROPIC_STOP_REASON`].
+    #[serde(flatten)]
+    pub extra: Extra,
 }
+
+/// The key of a choice's `extra` naming the stop sequence the model stopped on (Anthropic's `stop_sequence`).
+pub const STOP_SEQUENCE: &str = "stop_sequence";
+/// The key of a choice's `extra` keeping an Anthropic `stop_reason` that has no OpenAI equal (`pause_turn`).
+pub const ANTHROPIC_STOP_REASON: &str = "anthropic_stop_reason";
 
 /// One chunk of a streamed chat completion (`chat.completion.chunk`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,6 +385,9 @@ pub struct ChunkChoice {
     pub finish_reason: Option<FinishReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Value>,
+    /// As [`Choice::extra`], on the chunk that carries the finish reason.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the same as std's at run time, and one that tests can pause and advance.
+use tokio::time::Instant;
 
 use keel_config::{CircuitPolicy, ModelTarget};
 use serde::Serialize;
@@ -232,30 +235,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn opens_on_consecutive_failures_probes_and_closes() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_consecutive_failures_probes_and_closes() {
         let b = Arc::new(Breaker::new(policy()));
         for _ in 0..3 {
             b.acquire().unwrap().record(false);
         }
         assert!(b.acquire().is_none(), "open after three failures");
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         let probe = b.acquire().expect("a probe after the cool-down");
         assert!(b.acquire().is_none(), "only one probe at a time");
         probe.record(true);
         assert!(b.acquire().is_some(), "closed after a good probe");
     }
 
-    #[test]
-    fn a_failed_probe_opens_again_and_a_dropped_one_frees_the_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_again_and_a_dropped_one_frees_the_slot() {
         let b = Arc::new(Breaker::new(policy()));
         for _ in 0..3 {
             b.acquire().unwrap().record(false);
         }
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         b.acquire().unwrap().record(false);
         assert!(b.acquire().is_none(), "open again after a failed probe");
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         drop(b.acquire().unwrap());
         assert!(b.acquire().is_some(), "a probe whose caller went away does not block the next one");
     }

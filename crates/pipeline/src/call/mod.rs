@@ -31,7 +31,8 @@ pub use schema::Schema;
 
 use crate::route::RoutePlan;
 use crate::{
-    AttemptOutcome, AttemptRecord, Attempts, GatewayError, GatewayRequest, GatewayResponse, Operation, Output,
+    AttemptId, AttemptOutcome, AttemptRecord, Attempts, GatewayError, GatewayRequest, GatewayResponse, Operation,
+    Output,
 };
 
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ impl Service<GatewayRequest> for Call {
         async move {
             let GatewayRequest { ctx, op } = req;
             let Some(plan) = ctx.route.clone() else {
-                let error = GatewayError::UnknownModel { model: ctx.requested_model.clone(), known: Vec::new() };
+                let error = GatewayError::UnknownModel { model: ctx.requested_model.clone() };
                 return Ok(GatewayResponse { ctx, result: Err(error) });
             };
             let chain = Chain {
@@ -76,6 +77,13 @@ impl Service<GatewayRequest> for Call {
         }
         .boxed()
     }
+}
+
+/// What a walk over the chain returns: the answer, the target that gave it, and its attempt.
+struct Served<T> {
+    value: T,
+    target: ModelTarget,
+    attempt: AttemptId,
 }
 
 /// One request's walk over its route.
@@ -102,13 +110,13 @@ impl Chain {
                 }
             }
             Operation::Embeddings(req) => {
-                let (resp, _) = self
+                let served = self
                     .run(|p, t, left| {
                         let fut = p.embeddings(&t, req.clone());
                         with_timeout(left, fut, t.provider.clone(), "no answer")
                     })
                     .await?;
-                Ok(Output::Embeddings(resp))
+                Ok(Output::Embeddings(served.value))
             }
         }
     }
@@ -122,7 +130,7 @@ impl Chain {
         let mut req = req;
         let mut repairs = 0;
         loop {
-            let (resp, target) = self
+            let Served { value: resp, target, .. } = self
                 .run(|p, t, left| {
                     let fut = p.chat(&t, req.clone());
                     with_timeout(left, fut, t.provider.clone(), "no answer")
@@ -149,18 +157,18 @@ impl Chain {
     /// A stream, handed on once its first token arrived.
     async fn stream(self, req: ChatRequest, schema: Option<Schema>) -> Result<ChatStream, ProviderError> {
         let ttft = self.plan.policy.first_token_timeout;
-        let ((inner, buffered), target) = self
+        let Served { value: (inner, buffered), target, attempt } = self
             .run(|p, t, left| {
                 let fut = first_token(p, t.clone(), req.clone());
                 with_timeout(left.min(ttft), fut, t.provider.clone(), "no first token")
             })
             .await?;
-        Ok(stream::resilient(self, target, req, inner, buffered, schema))
+        Ok(stream::resilient(self, (target, attempt), req, inner, buffered, schema))
     }
 
-    /// Walks the chain: `attempt` makes one attempt at a target with the time left; the answer and the target
-    /// that gave it come back, or the failure that ended the walk.
-    async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<(T, ModelTarget), ProviderError>
+    /// Walks the chain: `attempt` makes one attempt at a target with the time left; the answer, the target that
+    /// gave it and its attempt's record come back, or the failure that ended the walk.
+    async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<Served<T>, ProviderError>
     where
         F: FnMut(Arc<dyn Provider>, ModelTarget, Duration) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
@@ -198,19 +206,26 @@ impl Chain {
                     return Err(self.deadline_error(&target, last));
                 };
                 tries += 1;
+                let id = self.start(&target, started);
                 let result = attempt(provider.clone(), target.clone(), left).await;
                 match result {
                     Ok(value) => {
-                        self.record(&target, started, AttemptOutcome::Ok);
+                        self.attempts.end(id, AttemptOutcome::Ok, started.elapsed());
                         if let Some(p) = permit {
                             p.record(true);
                         }
-                        return Ok((value, target));
+                        return Ok(Served { value, target, attempt: id });
                     }
                     Err(e) => {
-                        self.record(&target, started, AttemptOutcome::Failed { kind: e.kind, status: e.status });
-                        if let Some(p) = permit {
-                            p.record(!e.unhealthy());
+                        self.attempts.end(
+                            id,
+                            AttemptOutcome::Failed { kind: e.kind, status: e.status },
+                            started.elapsed(),
+                        );
+                        // Back-pressure (a full local queue) says nothing of the target's health: the permit is
+                        // handed back unrecorded.
+                        if let (Some(p), Some(healthy)) = (permit, e.health()) {
+                            p.record(healthy);
                         }
                         match e.kind {
                             ErrorKind::ContextLengthExceeded
@@ -252,14 +267,25 @@ impl Chain {
         }))
     }
 
+    /// Records an attempt that was not sent.
     fn record(&self, target: &ModelTarget, started: Instant, outcome: AttemptOutcome) {
-        self.attempts.push(AttemptRecord {
+        self.attempts.push(self.attempt_record(target, started, outcome));
+    }
+
+    /// Records an attempt that starts now.
+    fn start(&self, target: &ModelTarget, started: Instant) -> AttemptId {
+        self.attempts.start(self.attempt_record(target, started, AttemptOutcome::InFlight))
+    }
+
+    fn attempt_record(&self, target: &ModelTarget, started: Instant, outcome: AttemptOutcome) -> AttemptRecord {
+        AttemptRecord {
             provider: target.provider.clone(),
             model: target.model.clone(),
             started_after: started.saturating_duration_since(self.received),
             latency: started.elapsed(),
             outcome,
-        });
+            usage: None,
+        }
     }
 
     fn deadline_error(&self, target: &ModelTarget, last: Option<ProviderError>) -> ProviderError {
@@ -310,7 +336,7 @@ async fn first_token(
 
 fn class_of(kind: ErrorKind) -> Option<ErrorClass> {
     Some(match kind {
-        ErrorKind::RateLimited => ErrorClass::RateLimited,
+        ErrorKind::RateLimited | ErrorKind::Busy => ErrorClass::RateLimited,
         ErrorKind::Server => ErrorClass::Server,
         ErrorKind::Connect | ErrorKind::ConnectionLost | ErrorKind::CircuitOpen => ErrorClass::Connect,
         ErrorKind::Timeout => ErrorClass::Timeout,
@@ -321,7 +347,7 @@ fn class_of(kind: ErrorKind) -> Option<ErrorClass> {
         ErrorKind::StreamIncomplete => ErrorClass::StreamIncomplete,
         ErrorKind::Unsupported => ErrorClass::Unsupported,
         ErrorKind::ContentFilter => ErrorClass::ContentFilter,
-        ErrorKind::ContextLengthExceeded | ErrorKind::InvalidOutput => return None,
+        ErrorKind::ContextLengthExceeded | ErrorKind::InvalidOutput | ErrorKind::Shutdown => return None,
     })
 }
 

@@ -15,7 +15,7 @@ use keel_providers::{ChatStream, ErrorKind, ProviderError};
 use keel_types::{ChatChunk, ChatRequest, Message, Role};
 
 use super::{Chain, Schema, first_token, with_timeout};
-use crate::AttemptOutcome;
+use crate::{AttemptId, AttemptOutcome, AttemptUsage, cost};
 
 /// Whether a chunk carries part of the answer (as opposed to a role-only opening or an empty keep-alive).
 pub(crate) fn carries_token(chunk: &ChatChunk) -> bool {
@@ -31,6 +31,15 @@ pub(crate) fn carries_token(chunk: &ChatChunk) -> bool {
 struct State {
     chain: Chain,
     target: ModelTarget,
+    /// The record of the attempt now streaming.
+    attempt: AttemptId,
+    /// The text the attempt now streaming has delivered (for an estimate of its usage if it breaks).
+    attempt_text: String,
+    /// Tokens of earlier attempts of this stream that broke part-way, as estimated: added to the usage the
+    /// last attempt reports, so that the client, the log and budgets count everything the answer cost.
+    earlier: AttemptUsage,
+    /// The request the attempt now streaming was sent (the original, or it with a prefill).
+    sent: ChatRequest,
     request: ChatRequest,
     inner: ChatStream,
     pending: VecDeque<ChatChunk>,
@@ -46,7 +55,7 @@ struct State {
 
 pub(super) fn resilient(
     chain: Chain,
-    target: ModelTarget,
+    (target, attempt): (ModelTarget, AttemptId),
     request: ChatRequest,
     inner: ChatStream,
     buffered: Vec<ChatChunk>,
@@ -56,6 +65,10 @@ pub(super) fn resilient(
         chain,
         tried: vec![target.clone()],
         target,
+        attempt,
+        attempt_text: String::new(),
+        earlier: AttemptUsage::default(),
+        sent: request.clone(),
         request,
         inner,
         pending: buffered.into(),
@@ -67,8 +80,8 @@ pub(super) fn resilient(
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            if let Some(chunk) = st.pending.pop_front() {
-                st.observe(&chunk);
+            if let Some(mut chunk) = st.pending.pop_front() {
+                st.observe(&mut chunk);
                 return Some((Ok(chunk), st));
             }
             if st.done {
@@ -120,12 +133,20 @@ pub(super) fn resilient(
 }
 
 impl State {
-    fn observe(&mut self, chunk: &ChatChunk) {
+    fn observe(&mut self, chunk: &mut ChatChunk) {
         for c in &chunk.choices {
             if let Some(t) = &c.delta.content {
                 self.text.push_str(t);
+                self.attempt_text.push_str(t);
             }
             self.saw_tool_calls |= c.delta.tool_calls.is_some();
+        }
+        if let Some(u) = chunk.usage.as_mut()
+            && self.earlier != AttemptUsage::default()
+        {
+            u.prompt_tokens = u.prompt_tokens.saturating_add(self.earlier.input);
+            u.completion_tokens = u.completion_tokens.saturating_add(self.earlier.output);
+            u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
         }
     }
 
@@ -147,14 +168,18 @@ impl State {
     /// Handles a failure after the first token: continues on another target when the policy allows and one
     /// can, otherwise returns the error that ends the stream.
     async fn failed(&mut self, error: ProviderError) -> Option<ProviderError> {
-        if let Some(b) = self.chain.breakers.get(&self.target) {
-            b.report(!error.unhealthy());
+        if let (Some(b), Some(healthy)) = (self.chain.breakers.get(&self.target), error.health()) {
+            b.report(healthy);
         }
-        self.chain.record(
-            &self.target,
-            Instant::now(),
-            AttemptOutcome::Failed { kind: error.kind, status: error.status },
-        );
+        // The attempt that was streaming failed part-way: its one record says so, with what it consumed (its
+        // usage chunk never came).
+        let attempts = &self.chain.attempts;
+        attempts.set_outcome(self.attempt, AttemptOutcome::FailedMidStream { kind: error.kind });
+        let used = AttemptUsage {
+            input: cost::count_chat_prompt(&self.target.model, &self.sent),
+            output: cost::count_text(&self.target.model, &self.attempt_text),
+        };
+        attempts.set_usage(self.attempt, used);
         let policy = &self.chain.plan.policy;
         // A partial tool call cannot be continued as text; nothing to continue from an empty answer either.
         if policy.on_stream_failure != StreamFailure::Continue || self.saw_tool_calls || self.text.is_empty() {
@@ -181,13 +206,19 @@ impl State {
             req.messages.push(Message::new(Role::Assistant, self.text.trim_end()));
             let started = Instant::now();
             let ttft = self.chain.plan.policy.first_token_timeout;
-            let fut = first_token(provider, target.clone(), req);
+            let id = self.chain.start(&target, started);
+            let fut = first_token(provider, target.clone(), req.clone());
             match with_timeout(left.min(ttft), fut, target.provider.clone(), "no first token").await {
                 Ok((inner, buffered)) => {
-                    self.chain.record(&target, started, AttemptOutcome::Ok);
+                    self.chain.attempts.end(id, AttemptOutcome::Ok, started.elapsed());
                     if let Some(p) = permit {
                         p.record(true);
                     }
+                    self.earlier.input = self.earlier.input.saturating_add(used.input);
+                    self.earlier.output = self.earlier.output.saturating_add(used.output);
+                    self.attempt = id;
+                    self.attempt_text.clear();
+                    self.sent = req;
                     self.inner = inner;
                     let trimmed = self.text.len() - self.text.trim_end().len();
                     self.pending = buffered.into_iter().filter(carries_token).collect();
@@ -200,9 +231,13 @@ impl State {
                     return None;
                 }
                 Err(e) => {
-                    self.chain.record(&target, started, AttemptOutcome::Failed { kind: e.kind, status: e.status });
-                    if let Some(p) = permit {
-                        p.record(!e.unhealthy());
+                    self.chain.attempts.end(
+                        id,
+                        AttemptOutcome::Failed { kind: e.kind, status: e.status },
+                        started.elapsed(),
+                    );
+                    if let (Some(p), Some(healthy)) = (permit, e.health()) {
+                        p.record(healthy);
                     }
                     // A rejected prefill says nothing about the original failure, which stays the cause.
                 }
@@ -219,10 +254,56 @@ fn strip_leading_space(pending: &mut VecDeque<ChatChunk>, n: usize) {
             if let Some(t) = &mut c.delta.content
                 && !t.is_empty()
             {
+                // White space can be more than one byte (U+3000, U+00A0): cut on a character boundary, never
+                // inside one.
                 let ws = t.len() - t.trim_start().len();
-                t.drain(..ws.min(n));
+                let mut cut = ws.min(n);
+                while !t.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                t.drain(..cut);
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keel_types::{ChunkChoice, Delta, Extra};
+
+    fn text_chunk(t: &str) -> ChatChunk {
+        ChatChunk {
+            id: "c".into(),
+            object: "chat.completion.chunk".into(),
+            created: 0,
+            model: "m".into(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: Delta { content: Some(t.into()), ..Delta::default() },
+                finish_reason: None,
+                logprobs: None,
+                extra: Extra::new(),
+            }],
+            usage: None,
+            system_fingerprint: None,
+            extra: Extra::new(),
+        }
+    }
+
+    #[test]
+    fn stripping_white_space_never_cuts_a_character() {
+        // U+3000 (ideographic space) is 3 bytes; the prefill dropped 1 or 2 bytes' worth of white space.
+        for n in 0..8 {
+            let mut pending: VecDeque<ChatChunk> = [text_chunk("\u{3000}\u{a0} next")].into();
+            strip_leading_space(&mut pending, n);
+            let t = pending[0].choices[0].delta.content.clone().unwrap();
+            assert!("\u{3000}\u{a0} next".ends_with(&t), "n = {n}: {t:?}");
+        }
+        let mut pending: VecDeque<ChatChunk> = [text_chunk("  two")].into();
+        strip_leading_space(&mut pending, 1);
+        assert_eq!(pending[0].choices[0].delta.content.as_deref(), Some(" two"));
     }
 }

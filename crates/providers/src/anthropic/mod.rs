@@ -8,12 +8,13 @@ use eventsource_stream::Event;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use keel_config::{ModelTarget, ProviderConfig, ProviderId};
-use keel_translate::{MessagesToChatStream, chat_request_to_messages, messages_response_to_chat};
+use keel_translate::{MessagesToChatStream, TranslateErrorKind, chat_request_to_messages, messages_response_to_chat};
 use keel_types::anthropic::{MessagesResponse, StreamEvent};
 use keel_types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 use serde_json::Value;
 
-use crate::http::{client, kind_of_status, refine, snippet, transport_error};
+use crate::http::{answer_body, client, kind_of_status, refine, snippet};
+use crate::scrub::{self, Scrubber};
 use crate::sse::{Decoder, chat_stream};
 use crate::{ChatStream, ErrorKind, Provider, ProviderError};
 
@@ -26,6 +27,8 @@ pub(crate) struct AnthropicProvider {
 
 struct Inner {
     id: ProviderId,
+    /// Removes this provider's secrets from every failure it returns.
+    scrub: Scrubber,
     cfg: ProviderConfig,
     http: reqwest::Client,
 }
@@ -33,15 +36,22 @@ struct Inner {
 impl AnthropicProvider {
     pub(crate) fn new(cfg: ProviderConfig) -> Result<Self, ProviderError> {
         let http = client(&cfg)?;
-        Ok(Self { inner: Arc::new(Inner { id: cfg.id.clone(), cfg, http }) })
+        Ok(Self { inner: Arc::new(Inner { id: cfg.id.clone(), scrub: Scrubber::new(&cfg), cfg, http }) })
     }
 }
 
 impl Inner {
     fn request(&self, target: &ModelTarget, req: &ChatRequest) -> Result<reqwest::RequestBuilder, ProviderError> {
         let body = chat_request_to_messages(req, &target.model, self.cfg.default_max_tokens).map_err(|e| {
-            let kind = if e.message.contains("cannot") { ErrorKind::Unsupported } else { ErrorKind::InvalidRequest };
-            ProviderError::new(&self.id, kind, e.message)
+            let kind = match e.kind {
+                TranslateErrorKind::Unsupported => ErrorKind::Unsupported,
+                TranslateErrorKind::Invalid => ErrorKind::InvalidRequest,
+            };
+            let message = match &e.param {
+                Some(p) => format!("{p}: {}", e.message),
+                None => e.message,
+            };
+            ProviderError::new(&self.id, kind, message)
         })?;
         let body = serde_json::to_vec(&body).map_err(|e| {
             ProviderError::new(&self.id, ErrorKind::InvalidRequest, format!("cannot encode request: {e}"))
@@ -54,6 +64,10 @@ impl Inner {
             .body(body);
         if let Some(key) = &self.cfg.api_key {
             rb = rb.header("x-api-key", key.expose());
+        }
+        // An Anthropic client's beta features travel with its request.
+        if let Some(beta) = req.anthropic.as_ref().and_then(|a| a.beta.as_deref()) {
+            rb = rb.header("anthropic-beta", beta);
         }
         for (name, value) in &self.cfg.headers {
             rb = rb.header(name, value);
@@ -95,9 +109,10 @@ impl Provider for AnthropicProvider {
         let inner = self.inner.clone();
         req.stream = false;
         let rb = inner.request(target, &req);
-        async move {
+        let scrub = inner.scrub.clone();
+        scrub::future(scrub, async move {
             let resp = inner.send(rb?.timeout(inner.cfg.request_timeout)).await?;
-            let body = resp.bytes().await.map_err(|e| transport_error(&inner.id, &e))?;
+            let body = answer_body(&inner.id, resp, inner.cfg.max_response_bytes).await?;
             let parsed: MessagesResponse = serde_json::from_slice(&body).map_err(|e| {
                 ProviderError::new(
                     &inner.id,
@@ -108,8 +123,7 @@ impl Provider for AnthropicProvider {
             let mut chat = messages_response_to_chat(parsed);
             chat.created = unix_now();
             Ok(chat)
-        }
-        .boxed()
+        })
     }
 
     fn chat_stream(
@@ -120,7 +134,8 @@ impl Provider for AnthropicProvider {
         let inner = self.inner.clone();
         req.stream = true;
         let rb = inner.request(target, &req);
-        async move {
+        let scrub = inner.scrub.clone();
+        scrub::stream(scrub, async move {
             let resp = inner.send(rb?.header(reqwest::header::ACCEPT, "text/event-stream")).await?;
             let decoder = AnthropicDecoder {
                 provider: inner.id.clone(),
@@ -129,9 +144,8 @@ impl Provider for AnthropicProvider {
                 finished: false,
                 last: None,
             };
-            Ok(chat_stream(inner.id.clone(), resp, decoder))
-        }
-        .boxed()
+            Ok(chat_stream(inner.id.clone(), resp, inner.cfg.max_response_bytes, decoder))
+        })
     }
 
     fn embeddings(

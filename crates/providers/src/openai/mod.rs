@@ -8,13 +8,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use eventsource_stream::Event;
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use keel_config::{ModelTarget, ProviderConfig, ProviderId};
 use keel_types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 use serde::de::DeserializeOwned;
 
-use crate::http::{client, snippet, transport_error};
+use crate::http::{answer_body, client, snippet};
+use crate::scrub::{self, Scrubber};
 use crate::sse::{Decoder, chat_stream};
 use crate::{ChatStream, ErrorKind, Provider, ProviderError};
 use quirks::{Auth, Quirks};
@@ -25,6 +25,8 @@ pub(crate) struct OpenAiProvider {
 
 struct Inner {
     id: ProviderId,
+    /// Removes this provider's secrets from every failure it returns.
+    scrub: Scrubber,
     cfg: ProviderConfig,
     quirks: &'static Quirks,
     http: reqwest::Client,
@@ -47,7 +49,9 @@ impl OpenAiProvider {
         let http = client(&cfg)?;
         let chat_url = reqwest::Url::parse(&format!("{}/chat/completions", cfg.base_url)).ok();
         let embeddings_url = reqwest::Url::parse(&format!("{}/embeddings", cfg.base_url)).ok();
-        let inner = Inner { id: cfg.id.clone(), quirks: quirks::of(cfg.kind), cfg, http, chat_url, embeddings_url };
+        let scrub = Scrubber::new(&cfg);
+        let inner =
+            Inner { id: cfg.id.clone(), scrub, quirks: quirks::of(cfg.kind), cfg, http, chat_url, embeddings_url };
         Ok(Self { inner: Arc::new(inner) })
     }
 }
@@ -94,13 +98,7 @@ impl Inner {
 
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ProviderError> {
         let resp = self.send(rb.timeout(self.cfg.request_timeout)).await?;
-        let body = resp.bytes().await.map_err(|e| {
-            let mut err = transport_error(&self.id, &e);
-            if err.kind == ErrorKind::ConnectionLost {
-                err.kind = ErrorKind::StreamIncomplete;
-            }
-            err
-        })?;
+        let body = answer_body(&self.id, resp, self.cfg.max_response_bytes).await?;
         serde_json::from_slice(&body).map_err(|e| {
             ProviderError::new(
                 &self.id,
@@ -130,12 +128,12 @@ impl Provider for OpenAiProvider {
         let url = inner.url(target, Endpoint::Chat);
         req.model.clone_from(&target.model);
         req.stream = false;
-        async move {
+        let scrub = inner.scrub.clone();
+        scrub::future(scrub, async move {
             inner.quirks.apply(&mut req);
             let body = encode(&inner.id, &req)?;
             inner.json(inner.post(url?, body)).await
-        }
-        .boxed()
+        })
     }
 
     fn chat_stream(
@@ -147,17 +145,13 @@ impl Provider for OpenAiProvider {
         let url = inner.url(target, Endpoint::Chat);
         req.model.clone_from(&target.model);
         req.stream = true;
-        async move {
+        let scrub = inner.scrub.clone();
+        scrub::stream(scrub, async move {
             inner.quirks.apply(&mut req);
             let body = encode(&inner.id, &req)?;
             let resp = inner.send(inner.post(url?, body).header(reqwest::header::ACCEPT, "text/event-stream")).await?;
-            Ok(chat_stream(
-                inner.id.clone(),
-                resp,
-                OpenAiDecoder { provider: inner.id.clone(), done: false, finished: false },
-            ))
-        }
-        .boxed()
+            Ok(chat_stream(inner.id.clone(), resp, inner.cfg.max_response_bytes, OpenAiDecoder::new(inner.id.clone())))
+        })
     }
 
     fn embeddings(
@@ -168,11 +162,11 @@ impl Provider for OpenAiProvider {
         let inner = self.inner.clone();
         let url = inner.url(target, Endpoint::Embeddings);
         req.model.clone_from(&target.model);
-        async move {
+        let scrub = inner.scrub.clone();
+        scrub::future(scrub, async move {
             let body = encode(&inner.id, &req)?;
             inner.json(inner.post(url?, body)).await
-        }
-        .boxed()
+        })
     }
 }
 
@@ -181,8 +175,15 @@ impl Provider for OpenAiProvider {
 struct OpenAiDecoder {
     provider: ProviderId,
     done: bool,
-    /// A choice reported its finish reason: the answer is complete even if `[DONE]` never comes.
-    finished: bool,
+    /// Every choice seen so far, by index, and whether it reported its finish reason. The answer is complete
+    /// when each did, even if `[DONE]` never comes; with `n` > 1, one finished choice is not enough.
+    choices: std::collections::BTreeMap<u32, bool>,
+}
+
+impl OpenAiDecoder {
+    fn new(provider: ProviderId) -> Self {
+        Self { provider, done: false, choices: std::collections::BTreeMap::new() }
+    }
 }
 
 impl Decoder for OpenAiDecoder {
@@ -197,7 +198,9 @@ impl Decoder for OpenAiDecoder {
         }
         match serde_json::from_str::<ChatChunk>(data) {
             Ok(chunk) => {
-                self.finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
+                for c in &chunk.choices {
+                    *self.choices.entry(c.index).or_default() |= c.finish_reason.is_some();
+                }
                 out.push_back(chunk);
                 Ok(())
             }
@@ -218,9 +221,10 @@ impl Decoder for OpenAiDecoder {
         self.done
     }
 
-    /// Several OpenAI-compatible servers close the body without `[DONE]`; after a finish reason the answer
-    /// (and any usage chunk, which precedes the marker) is complete.
+    /// Several OpenAI-compatible servers close the body without `[DONE]`: once every choice reported its finish
+    /// reason the answer is complete (its usage chunk, when the vendor sends one, precedes the marker). A body
+    /// that closes before that was cut, however cleanly.
     fn end_without_marker(&mut self, _out: &mut VecDeque<ChatChunk>) -> bool {
-        self.finished
+        !self.choices.is_empty() && self.choices.values().all(|finished| *finished)
     }
 }

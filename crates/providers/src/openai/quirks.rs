@@ -12,6 +12,17 @@ pub(crate) enum Auth {
     ApiKeyHeader,
 }
 
+/// Whether a vendor takes OpenAI's `metadata` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Metadata {
+    /// Sent as it is, like every other field keel does not model (self-hosted and unknown servers).
+    Pass,
+    /// OpenAI accepts it only with `store: true` and rejects it otherwise.
+    WithStore,
+    /// The vendor rejects it.
+    Drop,
+}
+
 #[derive(Debug)]
 pub(crate) struct Quirks {
     pub auth: Auth,
@@ -21,8 +32,8 @@ pub(crate) struct Quirks {
     pub legacy_max_tokens: bool,
     /// The vendor's name for `seed`.
     pub seed_field: &'static str,
-    /// Whether `metadata` may be sent: OpenAI accepts it only with `store: true`, others not at all.
-    pub metadata_with_store: bool,
+    /// What the vendor accepts of `metadata`.
+    pub metadata: Metadata,
     /// Fields the vendor rejects, removed before sending.
     pub drop_fields: &'static [&'static str],
     /// Whether `stream_options.include_usage` is understood (otherwise the vendor reports usage unasked or not at all).
@@ -34,22 +45,24 @@ const OPENAI: Quirks = Quirks {
     azure_paths: false,
     legacy_max_tokens: false,
     seed_field: "seed",
-    metadata_with_store: true,
+    metadata: Metadata::WithStore,
     drop_fields: &[],
     stream_options: true,
 };
 
 pub(crate) fn of(kind: ProviderKind) -> &'static Quirks {
     static AZURE: Quirks = Quirks { auth: Auth::ApiKeyHeader, azure_paths: true, ..OPENAI };
-    // Self-hosted servers and most hosted ones predate `max_completion_tokens`.
-    static COMPATIBLE: Quirks = Quirks { legacy_max_tokens: true, metadata_with_store: false, ..OPENAI };
+    // Self-hosted servers and most hosted ones predate `max_completion_tokens`. Hosted vendors with a known
+    // dialect reject `metadata`; an unknown OpenAI-compatible server gets it like any other field keel passes on.
+    static COMPATIBLE: Quirks = Quirks { legacy_max_tokens: true, metadata: Metadata::Drop, ..OPENAI };
+    static OPEN_COMPATIBLE: Quirks = Quirks { legacy_max_tokens: true, metadata: Metadata::Pass, ..OPENAI };
     static GROQ: Quirks =
-        Quirks { metadata_with_store: false, drop_fields: &["logit_bias", "logprobs", "top_logprobs"], ..OPENAI };
+        Quirks { metadata: Metadata::Drop, drop_fields: &["logit_bias", "logprobs", "top_logprobs"], ..OPENAI };
     // Mistral rejects unknown fields with 422 and spells the seed `random_seed`; it always reports stream usage.
     static MISTRAL: Quirks = Quirks {
         legacy_max_tokens: true,
         seed_field: "random_seed",
-        metadata_with_store: false,
+        metadata: Metadata::Drop,
         drop_fields: &["user", "logit_bias", "logprobs", "top_logprobs", "store"],
         stream_options: false,
         ..OPENAI
@@ -60,9 +73,8 @@ pub(crate) fn of(kind: ProviderKind) -> &'static Quirks {
         ProviderKind::Azure => &AZURE,
         ProviderKind::Groq => &GROQ,
         ProviderKind::Mistral => &MISTRAL,
-        ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::Together | ProviderKind::OpenAiCompatible => {
-            &COMPATIBLE
-        }
+        ProviderKind::Vllm | ProviderKind::Ollama | ProviderKind::Together => &COMPATIBLE,
+        ProviderKind::OpenAiCompatible => &OPEN_COMPATIBLE,
         // Not OpenAI dialects; the registry never builds an OpenAI provider for them.
         ProviderKind::Anthropic | ProviderKind::Local => &OPENAI_STATIC,
     }
@@ -79,9 +91,14 @@ impl Quirks {
         {
             req.extra.insert(self.seed_field.to_string(), seed.into());
         }
-        let store = req.extra.get("store").and_then(|v| v.as_bool()).unwrap_or(false);
-        if !(self.metadata_with_store && store) {
-            req.metadata = None;
+        match self.metadata {
+            Metadata::Pass => {}
+            Metadata::WithStore => {
+                if !req.extra.get("store").and_then(|v| v.as_bool()).unwrap_or(false) {
+                    req.metadata = None;
+                }
+            }
+            Metadata::Drop => req.metadata = None,
         }
         for field in self.drop_fields {
             req.extra.remove(*field);
@@ -102,9 +119,15 @@ impl Quirks {
     }
 }
 
-/// Removes what an Anthropic client's request carries for Anthropic's sake (`thinking_blocks` on assistant
-/// messages, `cache_control` on content parts and tools): OpenAI-compatible servers reject unknown fields there.
+/// Removes what an Anthropic client's request carries for Anthropic's sake (the request fields keel does not
+/// model, `thinking_blocks` on assistant messages, `cache_control` on content parts and tools):
+/// OpenAI-compatible servers reject unknown fields there.
 fn strip_anthropic_fields(req: &mut ChatRequest) {
+    if let Some(origin) = req.anthropic.take() {
+        for f in &origin.fields {
+            req.extra.remove(f);
+        }
+    }
     for m in &mut req.messages {
         m.extra.remove("thinking_blocks");
         m.extra.remove("cache_control");

@@ -1,0 +1,546 @@
+//! The request log, written at the edge because it records what the client got: the HTTP status, a stream that
+//! ended badly, a client that went away. Every API request is recorded exactly once, whatever its outcome: an
+//! [`Entry`] is opened when the request arrives and finished exactly once, explicitly (answer, error,
+//! rejection, end of stream) or, if the handler or the stream is dropped first (the client disconnected, or the
+//! shutdown deadline cut it), by its `Drop`. The same finish path updates the metrics and settles the key's
+//! budget reservation, so the three always agree.
+//!
+//! Back-pressure: a row is queued through the writer's bounded queue, and the request path waits for room when
+//! the policy says so: a non-streamed answer before it is sent, a stream before its last event
+//! ([`watch::Watched`]). Only a request that is already gone cannot wait; its row goes through the writer's
+//! bounded background waiters (`LogWriter::write_detached`).
+
+mod body;
+mod watch;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use keel_config::BodyPolicy;
+use keel_pipeline::cost::{self, Prices, Tokens};
+use keel_pipeline::{
+    AttemptOutcome, AttemptRecord, Attempts, CacheOutcome, GatewayError, InboundApi, RequestContext, RequestId,
+};
+use keel_providers::ChatStream;
+use keel_store::{AttemptRow, CacheStatus, LogWriter, Outcome, Record};
+use keel_types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage};
+use serde_json::Value;
+
+use crate::ApiError;
+use crate::auth::Admitted;
+use crate::metrics::{AttemptLabels, CacheLabels, Metrics, ModelLabels, RequestLabels, TokenLabels};
+
+/// The request log's configuration and sinks, shared by all requests.
+pub struct RequestLog {
+    writer: Option<LogWriter>,
+    bodies: BodyPolicy,
+    max_body: usize,
+    prices: Prices,
+    metrics: Arc<Metrics>,
+    /// Model aliases clients may name; any other name is counted as "unknown" in metrics (bounded labels).
+    known_models: HashSet<String>,
+    /// Set at the shutdown deadline: requests cut from then on are logged as `shutdown`, not as disconnects.
+    stopping: AtomicBool,
+}
+
+impl RequestLog {
+    pub fn new(
+        writer: Option<LogWriter>,
+        bodies: BodyPolicy,
+        max_body: usize,
+        prices: Prices,
+        metrics: Arc<Metrics>,
+        known_models: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            writer,
+            bodies,
+            max_body,
+            prices,
+            metrics,
+            known_models: known_models.into_iter().collect(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The shutdown deadline came: what is cut from now on was cut by keel, not by its client.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Opens the entry of a request that just arrived.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        id: &RequestId,
+        api: InboundApi,
+        endpoint: &'static str,
+        headers: &HeaderMap,
+    ) -> Entry {
+        let record = Record {
+            id: id.0.to_string(),
+            client_request_id: crate::request_id::client_id(headers).map(str::to_string),
+            ts_ms: keel_store::now_ms(),
+            key_id: None,
+            tenant: None,
+            api: match api {
+                InboundApi::OpenAi => "openai".into(),
+                InboundApi::Anthropic => "anthropic".into(),
+            },
+            endpoint: endpoint.into(),
+            model_requested: None,
+            model_served: None,
+            status: 0,
+            outcome: Outcome::Error,
+            error_class: None,
+            stream: false,
+            attempts: Vec::new(),
+            ttft_ms: None,
+            latency_ms: 0.0,
+            tokens_in: None,
+            tokens_out: None,
+            tokens_cached: None,
+            cost_usd: None,
+            cache: None,
+            request_body: None,
+            response_body: None,
+            metadata: body::metadata(headers),
+        };
+        Entry {
+            log: self.clone(),
+            record: Some(record),
+            received: Instant::now(),
+            endpoint,
+            api,
+            attempts: None,
+            raw: Bytes::new(),
+            admitted: None,
+            cache: None,
+        }
+    }
+
+    fn body(&self, json: impl FnOnce() -> Option<Value>, raw: Option<&[u8]>) -> Option<String> {
+        body::kept(self.bodies, self.max_body, json, raw)
+    }
+}
+
+/// One request's log entry, finished exactly once.
+pub(crate) struct Entry {
+    log: Arc<RequestLog>,
+    /// `None` once finished.
+    record: Option<Record>,
+    received: Instant,
+    endpoint: &'static str,
+    api: InboundApi,
+    /// The request's attempts, shared with the pipeline: a request cancelled mid-way still logs them.
+    attempts: Option<Attempts>,
+    /// The request body as received (reference-counted, not copied), for counting tokens a provider did not
+    /// report.
+    raw: Bytes,
+    /// A virtual key's reservation, settled with the real cost when the entry is finished.
+    admitted: Option<Admitted>,
+    /// How the response cache served the request, when it was consulted.
+    cache: Option<CacheOutcome>,
+}
+
+/// How a non-streamed request ended. Response bodies are logged in keel's canonical shape (an OpenAI chat
+/// completion); embeddings without their vectors.
+pub(crate) enum Answer<'a> {
+    Chat(&'a ChatResponse),
+    Embeddings(&'a EmbeddingsResponse),
+    /// The error the client got and its class.
+    Failed(&'a ApiError, String),
+}
+
+/// What the answer itself says it consumed.
+enum Reported<'a> {
+    /// The provider's usage (for a continued stream, every attempt's).
+    Usage(Tokens),
+    /// Nothing: keel counts the prompt, and `text` as the output delivered so far.
+    Unknown { text: &'a str },
+}
+
+impl Entry {
+    /// Keeps the request body per the body policy.
+    pub(crate) fn request(&mut self, raw: &Bytes) {
+        self.raw = raw.clone();
+        let body = self.log.body(|| None, Some(raw));
+        if let Some(r) = self.record.as_mut() {
+            r.request_body = body;
+        }
+    }
+
+    /// The request was parsed: its model, whether it streams, its context's attempts.
+    pub(crate) fn attach(&mut self, ctx: &RequestContext, stream: bool, user: Option<&str>) {
+        self.attempts = Some(ctx.attempts.clone());
+        tracing::Span::current().record("gen_ai.request.model", ctx.requested_model.as_str());
+        if let Some(r) = self.record.as_mut() {
+            r.model_requested = Some(ctx.requested_model.clone());
+            r.stream = stream;
+            if let (Some(user), Value::Object(m)) = (user, &mut r.metadata) {
+                m.entry("user").or_insert_with(|| Value::String(user.to_string()));
+            }
+        }
+    }
+
+    /// The caller, when a key was checked.
+    pub(crate) fn principal(&mut self, p: Option<&crate::auth::Principal>) {
+        if let (Some(r), Some(crate::auth::Principal::Key(key))) = (self.record.as_mut(), p) {
+            r.key_id = Some(key.id.clone());
+            r.tenant = key.tenant.clone();
+        }
+    }
+
+    /// How the cache served the request (from the pipeline's context).
+    pub(crate) fn cache(&mut self, outcome: Option<CacheOutcome>) {
+        self.cache = outcome;
+    }
+
+    /// The key's reservation, to settle when the request ends.
+    pub(crate) fn admitted(&mut self, a: Option<Admitted>) {
+        self.admitted = a;
+    }
+
+    /// Refused before reaching the pipeline (unreadable body, invalid request, auth, limits): the row is queued
+    /// before the refusal is sent.
+    pub(crate) async fn reject(mut self, err: &ApiError) {
+        if let Some(r) = self.rejected(err) {
+            self.queue(r).await;
+        }
+    }
+
+    /// As [`Entry::reject`], for a refusal that must not wait for the log (admission control shedding load).
+    pub(crate) fn reject_detached(mut self, err: &ApiError) {
+        if let Some(r) = self.rejected(err) {
+            self.queue_detached(r);
+        }
+    }
+
+    fn rejected(&mut self, err: &ApiError) -> Option<Record> {
+        let mut r = self.record.take()?;
+        r.status = err.status.as_u16();
+        r.outcome = Outcome::Rejected;
+        r.error_class = Some(err.code.clone().unwrap_or_else(|| err.kind.to_string()));
+        r.response_body = self.log.body(|| serde_json::to_value(err.openai_body()).ok(), None);
+        let (r, _) = self.complete(r, Reported::Unknown { text: "" }, None);
+        Some(r)
+    }
+
+    /// A non-streamed request ended; its row is queued (waiting for room per the log's policy) before the
+    /// answer goes out. Returns its cost in USD when known (for the `x-keel-cost-usd` header).
+    pub(crate) async fn finish(mut self, answer: Answer<'_>) -> Option<f64> {
+        let mut r = self.record.take()?;
+        let reported = match answer {
+            Answer::Chat(resp) => {
+                r.status = 200;
+                r.outcome = Outcome::Ok;
+                r.response_body = self.log.body(|| serde_json::to_value(resp).ok(), None);
+                match &resp.usage {
+                    Some(u) => Reported::Usage(tokens_of(u)),
+                    None => {
+                        let out: String =
+                            resp.choices.iter().filter_map(|c| c.message.content.as_ref()).map(|c| c.text()).collect();
+                        let (r, cost) = self.complete(r, Reported::Unknown { text: &out }, None);
+                        self.queue(r).await;
+                        return cost;
+                    }
+                }
+            }
+            Answer::Embeddings(resp) => {
+                r.status = 200;
+                r.outcome = Outcome::Ok;
+                let summary = || {
+                    Some(serde_json::json!({
+                        "model": resp.model,
+                        "data": format!("[{} embeddings]", resp.data.len()),
+                        "usage": resp.usage,
+                    }))
+                };
+                r.response_body = self.log.body(summary, None);
+                match resp.usage.as_ref().map(|u| u.prompt_tokens).filter(|n| *n > 0) {
+                    Some(input) => Reported::Usage(Tokens { input, ..Tokens::default() }),
+                    None => {
+                        let input = serde_json::from_slice::<EmbeddingsRequest>(&self.raw)
+                            .map_or(0, |req| cost::count_embeddings_input(&resp.model, &req));
+                        Reported::Usage(Tokens { input, estimated: true, ..Tokens::default() })
+                    }
+                }
+            }
+            Answer::Failed(err, class) => {
+                r.status = err.status.as_u16();
+                r.outcome = Outcome::Error;
+                r.error_class = Some(class);
+                r.response_body = self.log.body(|| serde_json::to_value(err.openai_body()).ok(), None);
+                Reported::Unknown { text: "" }
+            }
+        };
+        let (r, cost) = self.complete(r, reported, None);
+        self.queue(r).await;
+        cost
+    }
+
+    /// Follows a stream to its end (or the client's disconnect) and finishes the entry then.
+    pub(crate) fn watch(mut self, stream: ChatStream) -> ChatStream {
+        if let Some(r) = self.record.as_mut() {
+            r.status = 200;
+        }
+        let keep_text = self.log.bodies != BodyPolicy::None;
+        Box::pin(watch::Watched::new(stream, self, keep_text))
+    }
+
+    /// Waits for room in the log's queue (per its policy), then queues the row.
+    async fn queue(&self, r: Record) {
+        if let Some(w) = self.write(r) {
+            w.await;
+        }
+    }
+
+    /// The write of a row, to await: cancel-safe (dropped before the row was queued, it queues it detached).
+    fn write(&self, r: Record) -> Option<keel_store::Write> {
+        self.log.writer.as_ref().map(|w| w.write(r))
+    }
+
+    /// Queues the row without waiting: the request is gone.
+    fn queue_detached(&self, r: Record) {
+        if let Some(w) = &self.log.writer {
+            w.write_detached(r);
+        }
+    }
+
+    /// Prompt tokens counted from the request body, for a provider that reported no usage.
+    fn count_prompt(&self, model: &str) -> u64 {
+        let req = match self.api {
+            InboundApi::OpenAi => serde_json::from_slice::<ChatRequest>(&self.raw).ok(),
+            InboundApi::Anthropic => serde_json::from_slice::<keel_types::anthropic::MessagesRequest>(&self.raw)
+                .ok()
+                .and_then(|m| keel_translate::messages_request_to_chat(m).ok()),
+        };
+        req.map_or(0, |req| cost::count_chat_prompt(model, &req))
+    }
+
+    /// Completes the row: who served it, every attempt, tokens and cost, the cache, latency; settles the key's
+    /// reservation; updates the metrics. Returns the row and its cost.
+    ///
+    /// Tokens and cost are counted per upstream attempt, at each one's price: an attempt that broke part-way
+    /// through a stream carries keel's estimate of what it consumed; the attempt that answered is what the
+    /// answer reports, less those estimates (a continued stream's usage includes them), or, when nothing was
+    /// reported (a provider without usage, a client that left), the prompt and the text delivered, counted.
+    fn complete(&mut self, mut r: Record, reported: Reported<'_>, ttft: Option<f64>) -> (Record, Option<f64>) {
+        let attempts = self.attempts.as_ref().map(Attempts::snapshot).unwrap_or_default();
+        let serving = attempts.iter().rposition(|a| {
+            matches!(a.outcome, AttemptOutcome::Ok | AttemptOutcome::FailedMidStream { .. } | AttemptOutcome::InFlight)
+        });
+        r.model_served = serving
+            .map(|i| &attempts[i])
+            .filter(|a| !matches!(a.outcome, AttemptOutcome::InFlight))
+            .map(|a| format!("{}/{}", a.provider, a.model));
+        let prices = &self.log.prices;
+        let price = |a: &AttemptRecord, t: Tokens| prices.cost(&a.provider, &a.model, t);
+        let mut total = Tokens::default();
+        let mut cost = Some(0.0);
+        let mut estimated = false;
+        for (i, a) in attempts.iter().enumerate() {
+            if let (Some(u), false) = (a.usage, Some(i) == serving) {
+                let t = Tokens { input: u.input, output: u.output, cached: 0, estimated: true };
+                add(&mut total, t);
+                cost = cost.zip(price(a, t)).map(|(c, p)| c + p);
+                estimated = true;
+            }
+        }
+        match serving.map(|i| &attempts[i]) {
+            Some(a) => {
+                let own = match (a.usage, &reported) {
+                    (Some(u), _) => Tokens { input: u.input, output: u.output, cached: 0, estimated: true },
+                    (None, Reported::Usage(t)) => Tokens {
+                        input: t.input.saturating_sub(total.input),
+                        output: t.output.saturating_sub(total.output),
+                        cached: t.cached,
+                        estimated: t.estimated,
+                    },
+                    (None, Reported::Unknown { text }) => Tokens {
+                        input: self.count_prompt(&a.model),
+                        output: cost::count_text(&a.model, text).saturating_sub(total.output),
+                        cached: 0,
+                        estimated: true,
+                    },
+                };
+                estimated |= own.estimated;
+                add(&mut total, own);
+                cost = cost.zip(price(a, own)).map(|(c, p)| c + p);
+            }
+            None => {
+                // No upstream call: a cache hit (its answer's usage), or a refusal.
+                if let Reported::Usage(t) = reported {
+                    total = t;
+                }
+                cost = None;
+            }
+        }
+        let has_usage = r.status == 200 || total.input + total.output > 0;
+        if has_usage {
+            r.tokens_in = Some(total.input);
+            r.tokens_out = Some(total.output);
+            r.tokens_cached = Some(total.cached);
+            r.cost_usd = cost;
+        }
+        self.cache_outcome(&mut r, total);
+        if estimated && let Value::Object(m) = &mut r.metadata {
+            m.insert("tokens_estimated".into(), Value::Bool(true));
+        }
+        r.attempts = attempts
+            .iter()
+            .map(|a| AttemptRow {
+                provider: a.provider.to_string(),
+                model: a.model.clone(),
+                started_ms: a.started_after.as_secs_f64() * 1000.0,
+                latency_ms: a.latency.as_secs_f64() * 1000.0,
+                status: match &a.outcome {
+                    AttemptOutcome::Failed { status, .. } => *status,
+                    _ => None,
+                },
+                outcome: a.outcome.as_str().into(),
+            })
+            .collect();
+        r.ttft_ms = ttft;
+        r.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
+        self.observe(&r);
+        if let Some(a) = self.admitted.take() {
+            a.settle(r.cost_usd.unwrap_or(0.0), total.input + total.output);
+        }
+        let cost = r.cost_usd;
+        (r, cost)
+    }
+
+    /// The cache's part of the row: a hit cost nothing and saved what its answer cost when it was made.
+    fn cache_outcome(&self, r: &mut Record, tokens: Tokens) {
+        let Some(outcome) = &self.cache else { return };
+        r.cache = Some(cache_status(outcome));
+        let m = &self.log.metrics;
+        match outcome {
+            CacheOutcome::Hit { similarity, saved } => {
+                r.cost_usd = Some(0.0);
+                let provider = keel_config::ProviderId::from(saved.provider.as_str());
+                let was = self.log.prices.cost(&provider, &saved.model, tokens);
+                if let Value::Object(meta) = &mut r.metadata {
+                    meta.insert("cache_source".into(), Value::String(format!("{}/{}", saved.provider, saved.model)));
+                    if let Some(c) = was {
+                        meta.insert("cache_saved_usd".into(), serde_json::json!(c));
+                    }
+                    if let Some(s) = similarity {
+                        meta.insert("cache_similarity".into(), serde_json::json!(s));
+                    }
+                }
+                if let Some(c) = was.filter(|c| *c > 0.0) {
+                    m.cache_saved.inc_by(c);
+                }
+                if let Some(s) = similarity {
+                    m.cache_similarity.observe(f64::from(*s));
+                }
+            }
+            CacheOutcome::Miss { similarity: Some(s) } => m.cache_similarity.observe(f64::from(*s)),
+            CacheOutcome::Miss { similarity: None } | CacheOutcome::Bypass => {}
+        }
+    }
+
+    fn observe(&self, r: &Record) {
+        let m = &self.log.metrics;
+        let model = match r.model_requested.as_deref() {
+            Some(name) if self.log.known_models.contains(name) => name.to_string(),
+            Some(_) => "unknown".to_string(),
+            None => String::new(),
+        };
+        m.requests
+            .get_or_create(&RequestLabels {
+                endpoint: self.endpoint,
+                model: model.clone(),
+                status: r.status,
+                outcome: r.outcome.as_str(),
+            })
+            .inc();
+        let labels = ModelLabels { model: model.clone() };
+        m.duration.get_or_create(&labels).observe(r.latency_ms / 1000.0);
+        if let Some(t) = r.ttft_ms {
+            m.ttft.get_or_create(&labels).observe(t / 1000.0);
+        }
+        // A cache hit spent no tokens: its row keeps the answer's usage, the token counters do not count it.
+        let hit = r.cache.is_some_and(CacheStatus::is_hit);
+        for (kind, n) in [("input", r.tokens_in), ("output", r.tokens_out), ("cached_input", r.tokens_cached)] {
+            if let Some(n) = n.filter(|n| *n > 0 && !hit) {
+                m.tokens.get_or_create(&TokenLabels { model: model.clone(), kind }).inc_by(n);
+            }
+        }
+        if let Some(c) = r.cost_usd.filter(|c| *c > 0.0) {
+            m.cost.get_or_create(&labels).inc_by(c);
+        }
+        if let Some(status) = r.cache {
+            m.cache.get_or_create(&CacheLabels { outcome: status.as_str() }).inc();
+        }
+        for a in &r.attempts {
+            m.attempts
+                .get_or_create(&AttemptLabels {
+                    provider: a.provider.clone(),
+                    model: a.model.clone(),
+                    outcome: a.outcome.clone(),
+                })
+                .inc();
+        }
+    }
+}
+
+impl Drop for Entry {
+    /// The handler was dropped before the request finished: the client went away while keel was working, or
+    /// the shutdown deadline cut the request.
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            if self.log.stopping.load(Ordering::Relaxed) {
+                r.outcome = Outcome::Shutdown;
+                r.status = 503;
+            } else {
+                r.outcome = Outcome::ClientDisconnected;
+                if r.status == 0 {
+                    // nginx's "client closed request": no status was sent.
+                    r.status = 499;
+                }
+            }
+            let (r, _) = self.complete(r, Reported::Unknown { text: "" }, None);
+            self.queue_detached(r);
+        }
+    }
+}
+
+fn add(total: &mut Tokens, t: Tokens) {
+    total.input = total.input.saturating_add(t.input);
+    total.output = total.output.saturating_add(t.output);
+    total.cached = total.cached.saturating_add(t.cached);
+}
+
+fn cache_status(outcome: &CacheOutcome) -> CacheStatus {
+    match outcome {
+        CacheOutcome::Hit { similarity: None, .. } => CacheStatus::Hit,
+        CacheOutcome::Hit { similarity: Some(_), .. } => CacheStatus::SemanticHit,
+        CacheOutcome::Miss { .. } => CacheStatus::Miss,
+        CacheOutcome::Bypass => CacheStatus::Bypass,
+    }
+}
+
+/// The class of a failure, for the log and the metrics.
+pub(crate) fn error_class(e: &GatewayError) -> String {
+    match e {
+        GatewayError::InvalidRequest(_) => "invalid_request".into(),
+        GatewayError::UnknownModel { .. } => "unknown_model".into(),
+        GatewayError::ProviderUnavailable(_) => "provider_unavailable".into(),
+        GatewayError::Provider(p) => p.kind.as_str().into(),
+        GatewayError::Overloaded { .. } => "overloaded".into(),
+    }
+}
+
+fn tokens_of(u: &Usage) -> Tokens {
+    Tokens { input: u.prompt_tokens, output: u.completion_tokens, cached: u.cached_tokens(), estimated: false }
+}

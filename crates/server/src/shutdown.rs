@@ -1,0 +1,76 @@
+//! The shutdown deadline as the request path sees it: a stream still open when `shutdown_grace_ms` runs out is
+//! ended with an explicit error event (never cut at the TCP level), and its log entry finished as `shutdown`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use keel_providers::{ChatStream, ErrorKind, ProviderError};
+use keel_types::ChatChunk;
+use tokio::sync::watch;
+
+/// The signal that the shutdown deadline has come. Cheap to clone.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { tx: Arc::new(watch::channel(false).0) }
+    }
+}
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shutdown").field("deadline", &*self.tx.borrow()).finish()
+    }
+}
+
+impl Shutdown {
+    /// The deadline came: every stream ends with an error event at its next poll.
+    pub fn deadline(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// `stream`, ended with a `shutdown` error when the deadline comes.
+    pub(crate) fn guard(&self, stream: ChatStream) -> ChatStream {
+        let mut rx = self.tx.subscribe();
+        let deadline = Box::pin(async move {
+            let _ = rx.wait_for(|d| *d).await;
+        });
+        Box::pin(Guarded { inner: stream, deadline, ended: false })
+    }
+}
+
+struct Guarded {
+    inner: ChatStream,
+    deadline: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+}
+
+impl Stream for Guarded {
+    type Item = Result<ChatChunk, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            let e = ProviderError::new(
+                &"keel".into(),
+                ErrorKind::Shutdown,
+                "keel is shutting down: the answer was cut at the shutdown deadline; retry the request",
+            );
+            return Poll::Ready(Some(Err(e)));
+        }
+        let item = futures::ready!(self.inner.as_mut().poll_next(cx));
+        if matches!(item, None | Some(Err(_))) {
+            self.ended = true;
+        }
+        Poll::Ready(item)
+    }
+}
