@@ -142,6 +142,12 @@ model = "mock-claude"
 [models.embed-test]
 provider = "oa"
 model = "mock-embed"
+
+# Anthropic first; what Anthropic cannot express (n > 1) falls over to the OpenAI upstream.
+[models.claude-then-gpt]
+provider = "an"
+model = "mock-claude"
+fallbacks = ["gpt-test"]
 """)
 
 

@@ -60,9 +60,9 @@ def cached(_servers, tmp_path_factory):
     assert text.count("[auth]\n") == 1, "the session config has one [auth] table to add to"
     text = text.replace("[auth]\n", "[auth]\nenabled = true\n", 1)
     for route in (GPT, CLAUDE):
-        line = f'model = "{route.upstream_model}"\n'
-        assert text.count(line) == 1, f"expected one alias of {route.upstream_model}"
-        text = text.replace(line, line + 'cache = { mode = "read-write", ttl_seconds = 600 }\n')
+        table = f'[models.{route.alias}]\nprovider = "{route.provider}"\nmodel = "{route.upstream_model}"\n'
+        assert text.count(table) == 1, f"expected one alias {route.alias}"
+        text = text.replace(table, table + 'cache = { mode = "read-write", ttl_seconds = 600 }\n')
     text += f"""
 [cache]
 backend = "memory"

@@ -136,3 +136,46 @@ def test_sixteen_concurrent_clients_cannot_overspend_a_daily_budget(secured, moc
     one = max(costs)
     assert spent <= budget + one, f"spent {spent} against {budget}"
     assert spent >= budget / 2, f"only {spent} of {budget} was admitted"
+
+
+def test_a_budgeted_request_without_max_tokens_is_capped_at_what_was_reserved(secured, mock):
+    url, admin = secured
+    key = new_key(admin, budget_daily_usd=1.0)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key["key"], max_retries=0, timeout=30)
+    client.chat.completions.create(model=GPT.alias, messages=[{"role": "user", "content": "hi"}])
+    sent = mock.only_attempt().body
+    # The reservation counted auth.default_output_tokens (4096); the upstream may not produce more.
+    assert sent["max_completion_tokens"] == 4096, sent
+
+
+def test_every_choice_is_reserved_against_the_budget(secured, mock):
+    url, admin = secured
+    # gpt-test costs $8 per million output tokens: one choice of 1,000 tokens reserves $0.008, four $0.032.
+    key = new_key(admin, budget_daily_usd=0.02)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key["key"], max_retries=0, timeout=30)
+    client.chat.completions.create(model=GPT.alias, max_tokens=1000, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.chat.completions.create(model=GPT.alias, max_tokens=1000, n=4,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.code == "budget_exceeded"
+
+
+def test_models_lists_only_what_the_key_may_use(secured, mock):
+    url, admin = secured
+    key = new_key(admin, models=[GPT.alias])
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key["key"], max_retries=0, timeout=30)
+    assert [m.id for m in client.models.list()] == [GPT.alias]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(CLAUDE.alias)
+    anyone = openai.OpenAI(base_url=f"{url}/v1", api_key=new_key(admin)["key"], max_retries=0, timeout=30)
+    with pytest.raises(openai.NotFoundError) as exc:
+        anyone.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert CLAUDE.alias not in exc.value.message, "an unknown model's error does not list the configured ones"
+
+
+def test_the_bearer_scheme_is_case_insensitive(secured, mock):
+    url, admin = secured
+    key = new_key(admin)
+    resp = httpx.post(f"{url}/v1/chat/completions", headers={"authorization": f"BEARER {key['key']}"},
+                      json={"model": GPT.alias, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert resp.status_code == 200, resp.text

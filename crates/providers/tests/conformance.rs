@@ -484,3 +484,23 @@ async fn metadata_reaches_an_openai_compatible_server() {
     p.chat(&target(), req).await.unwrap();
     assert_eq!(mock.attempts()[0].body["metadata"], json!({"team": "search"}));
 }
+
+#[tokio::test]
+async fn an_upstream_error_that_quotes_the_key_does_not_pass_it_on() {
+    each(async |h: Harness| {
+        let name = h.fixture.name;
+        // The provider's own key where it has one; a vendor key's shape where it has none (self-hosted).
+        let key = if h.fixture.auth.1.is_empty() { "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t" } else { "sk-conformance" };
+        let echoing = format!("Incorrect API key provided: {key} (header: Bearer {key})");
+        h.mock.enqueue(Reply::error(401, "authentication_error", echoing.clone()));
+        let e = h.provider.chat(&h.target, request(false)).await.unwrap_err();
+        assert!(!e.message.contains(key), "{name}: {e}");
+        assert!(e.message.contains("Incorrect API key provided"), "{name}: the rest of the message stays: {e}");
+        h.mock.enqueue(Reply::error(401, "authentication_error", echoing));
+        let Err(e) = h.provider.chat_stream(&h.target, request(true)).await else {
+            panic!("{name}: a 401 fails the stream's start")
+        };
+        assert!(!e.message.contains(key), "{name}: {e}");
+    })
+    .await;
+}

@@ -11,7 +11,7 @@ use keel_store::{AttemptRow, KeyRecord, LogWriter, OnFull, PgStore, Query, Recor
 fn record(i: usize, ts_ms: i64) -> Record {
     Record {
         id: format!("req-{i:05}"),
-        client_request_id: None,
+        client_request_id: Some(format!("client-{i}")),
         ts_ms,
         key_id: Some(if i.is_multiple_of(2) { "key-even".into() } else { "key-odd".into() }),
         tenant: Some("acme".into()),
@@ -100,6 +100,15 @@ async fn battery(store: Arc<dyn Store>) {
     assert_eq!(store.query(&q).await.unwrap().len(), 5, "the served model matches too; limit applies");
     let q = Query { outcome: Some(keel_store::Outcome::Error), limit: Some(10_000), ..Query::default() };
     assert_eq!(store.query(&q).await.unwrap().len(), 240);
+    // A model name is matched as written: `%` and `_` are not wildcards.
+    for pattern in ["%", "_", "gpt-4o-min_", "%mini"] {
+        let q = Query { model: Some(pattern.into()), limit: Some(10_000), ..Query::default() };
+        assert!(store.query(&q).await.unwrap().is_empty(), "{pattern:?} matched rows as a pattern");
+    }
+    // keel's id, or the client's x-request-id, finds a row.
+    let q = Query { id: Some("client-7".into()), limit: Some(10_000), ..Query::default() };
+    let by_client = store.query(&q).await.unwrap();
+    assert_eq!(by_client.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["req-00007"]);
 
     // Spend per key comes from the log.
     let spent = store.spend_since("key-even", base + 1000).await.unwrap();
