@@ -4,7 +4,8 @@
 //! (`keel_cache::Turn`, `keel_cache::semantic::similarity`, `keel_cache::guards::check`).
 //!
 //! Each pair is one cache entry (sentence1) and one later request (sentence2). STS-B: a score ≥ 4 is a
-//! paraphrase, ≤ 2 is not, others are left out; MRPC: its labels.
+//! paraphrase and every pair under 4 is not (served from the cache, each would be a false hit); MRPC: its
+//! labels.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,17 +28,24 @@ struct Args {
     /// The largest false-hit rate the default threshold may have on the tuning set (STS-B train).
     #[arg(long, default_value_t = 0.01)]
     max_false_hits: f64,
+    /// Also write every pair (sentences, label, similarity, each check's verdict) as JSON Lines to this file.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 struct Pair {
     a: String,
     b: String,
     paraphrase: bool,
+    /// STS-B's graded score (0–5); MRPC has none.
+    score: Option<f64>,
 }
 
 struct Scored {
     similarity: f32,
     guards_pass: bool,
+    /// The guard that refused the pair, if one did.
+    refused_by: Option<&'static str>,
     /// The clause check (the verification step after the guards).
     verified: bool,
     paraphrase: bool,
@@ -59,8 +67,24 @@ fn main() -> anyhow::Result<()> {
     ];
     let thresholds: Vec<f32> = (75..=97).map(|t| t as f32 / 100.0).collect();
     let mut default: Option<f32> = None;
+    let mut dump = match &args.dump {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
     for (name, pairs) in &sets {
         let scored = score(&engine, pairs)?;
+        if let Some(out) = dump.as_mut() {
+            use std::io::Write;
+            for (p, s) in pairs.iter().zip(&scored) {
+                let row = serde_json::json!({
+                    "set": name, "sentence1": p.a, "sentence2": p.b, "score": p.score, "paraphrase": p.paraphrase,
+                    "similarity": s.similarity, "refused_by": s.refused_by, "clause_check": s.verified,
+                });
+                writeln!(out, "{row}")?;
+            }
+        }
         let pos = scored.iter().filter(|s| s.paraphrase).count();
         let neg = scored.len() - pos;
         println!("\n### {name}: {pos} paraphrases, {neg} non-paraphrases\n");
@@ -173,9 +197,11 @@ fn score(engine: &OrtEmbedder, pairs: &[Pair]) -> anyhow::Result<Vec<Scored>> {
         .iter()
         .map(|p| {
             let (Some(a), Some(b)) = (turn(&p.a), turn(&p.b)) else { anyhow::bail!("missing embedding") };
+            let refused_by = guards::check(&b.features, &a.features).err();
             Ok(Scored {
                 similarity: keel_cache::semantic::similarity(std::slice::from_ref(&b), std::slice::from_ref(&a)),
-                guards_pass: guards::check(&b.features, &a.features).is_ok(),
+                guards_pass: refused_by.is_none(),
+                refused_by,
                 verified: keel_cache::semantic::clause_score(&b, &a) >= keel_cache::semantic::CLAUSE_MIN,
                 paraphrase: p.paraphrase,
             })
@@ -196,15 +222,9 @@ fn stsb(path: &std::path::Path) -> anyhow::Result<Vec<Pair>> {
     Ok(lines(path)?
         .iter()
         .filter_map(|v| {
+            // A paraphrase scores 4 or more; every pair under 4 is not one (served, it would be a false hit).
             let score = v["score"].as_f64()?;
-            let paraphrase = if score >= 4.0 {
-                true
-            } else if score <= 2.0 {
-                false
-            } else {
-                return None;
-            };
-            Some(Pair { a: field(v, "sentence1"), b: field(v, "sentence2"), paraphrase })
+            Some(Pair { a: field(v, "sentence1"), b: field(v, "sentence2"), paraphrase: score >= 4.0, score: Some(score) })
         })
         .collect())
 }
@@ -213,7 +233,12 @@ fn mrpc(path: &std::path::Path) -> anyhow::Result<Vec<Pair>> {
     Ok(lines(path)?
         .iter()
         .filter_map(|v| {
-            Some(Pair { a: field(v, "sentence1"), b: field(v, "sentence2"), paraphrase: v["label"].as_i64()? == 1 })
+            Some(Pair {
+                a: field(v, "sentence1"),
+                b: field(v, "sentence2"),
+                paraphrase: v["label"].as_i64()? == 1,
+                score: None,
+            })
         })
         .collect())
 }

@@ -93,8 +93,10 @@ fn budgeted(id: &str) -> KeyRecord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keys_slow_seeding_does_not_hold_up_another_key() {
-    let log =
-        Arc::new(SlowLog { inner: Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap()), release: tokio::sync::Semaphore::new(0) });
+    let log = Arc::new(SlowLog {
+        inner: Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap()),
+        release: tokio::sync::Semaphore::new(0),
+    });
     let counters = Arc::new(LocalCounters::new(log.clone()));
     let slow = {
         let c = counters.clone();
@@ -103,9 +105,10 @@ async fn one_keys_slow_seeding_does_not_hold_up_another_key() {
     tokio::task::yield_now().await;
     // While the first key waits for the log, the second is decided. (Before, both waited on one lock held
     // across the first key's query: this would never return.)
-    let fast = tokio::time::timeout(Duration::from_secs(10), counters.admit(&budgeted("fast"), 0.01, keel_store::now_ms()))
-        .await
-        .expect("the second key waited for the first key's query");
+    let fast =
+        tokio::time::timeout(Duration::from_secs(10), counters.admit(&budgeted("fast"), 0.01, keel_store::now_ms()))
+            .await
+            .expect("the second key waited for the first key's query");
     assert!(matches!(fast.unwrap(), Admission::Admitted(_)));
     log.release.add_permits(1);
     assert!(matches!(slow.await.unwrap().unwrap(), Admission::Admitted(_)));

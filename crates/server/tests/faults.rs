@@ -19,6 +19,8 @@ use tower::ServiceExt;
 /// (an OpenAI-compatible model with a larger context window).
 struct Rig {
     router: Router,
+    /// The same request path without the HTTP edge, to look at a request's context.
+    pipeline: keel_pipeline::Pipeline,
     primary: MockUpstream,
     fallback: MockUpstream,
     big: MockUpstream,
@@ -98,10 +100,10 @@ async fn rig() -> Rig {
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
     let router = keel_server::router(
-        keel_server::AppState::new(pipeline, routes, breakers),
+        keel_server::AppState::new(pipeline.clone(), routes, breakers),
         keel_server::ServerLimits { max_body_bytes: 1 << 20, ..Default::default() },
     );
-    Rig { router, primary, fallback, big }
+    Rig { router, pipeline, primary, fallback, big }
 }
 
 struct Answer {
@@ -305,6 +307,45 @@ async fn stream_cut_continues_on_a_prefill_capable_fallback_when_the_route_says_
     assert_eq!(last["role"], "assistant", "the fallback got the partial answer as a prefill: {cont}");
     assert_eq!(last["content"], "The capital of", "trailing white space is not prefilled: {cont}");
     assert_eq!((rig.primary.attempt_count(), rig.fallback.attempt_count()), (1, 1));
+}
+
+/// A continued stream costs both attempts: the broken one is recorded once (failed mid-stream) with keel's
+/// estimate of what it consumed, and the usage the client gets adds it to the continuation's.
+#[tokio::test]
+async fn a_continued_stream_counts_every_attempt_once() {
+    use futures::StreamExt;
+    let rig = rig().await;
+    rig.primary.enqueue(Reply::text("The capital of France is Paris, a city").fault(Fault::CutAfterChunks(4)));
+    rig.fallback.enqueue(Reply::text(" France is Paris."));
+    let req: keel_types::ChatRequest = serde_json::from_value(json!({
+        "model": "continue", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": PROMPT}]
+    }))
+    .unwrap();
+    let ctx = keel_pipeline::RequestContext::new(
+        keel_pipeline::RequestId("continued".into()),
+        keel_pipeline::InboundApi::OpenAi,
+        "continue",
+    );
+    let resp = rig
+        .pipeline
+        .clone()
+        .oneshot(keel_pipeline::GatewayRequest { ctx, op: keel_pipeline::Operation::Chat(req) })
+        .await
+        .unwrap();
+    let Ok(keel_pipeline::Output::ChatStream(stream)) = resp.result else { panic!("a stream") };
+    let chunks: Vec<_> = stream.collect().await;
+    let usage = chunks.iter().filter_map(|c| c.as_ref().ok()?.usage.clone()).last().expect("a usage chunk");
+    let attempts = resp.ctx.attempts.snapshot();
+    let outcomes: Vec<_> = attempts.iter().map(|a| (a.provider.to_string(), a.outcome.as_str())).collect();
+    assert_eq!(outcomes, [("p".to_string(), "stream_incomplete"), ("f".to_string(), "ok")], "each attempt once");
+    let broken = attempts[0].usage.expect("the broken attempt's estimate");
+    assert!(broken.input > 0, "its prompt was sent and counted");
+    let delivered = keel_pipeline::cost::count_text("gpt-p", "The capital of ");
+    assert_eq!(broken.output, delivered, "\"The capital of \" was delivered by it");
+    // The continuation's own usage (the mock counts words) plus the broken attempt's.
+    assert!(usage.completion_tokens >= broken.output + 3, "{usage:?}");
+    assert!(usage.prompt_tokens >= broken.input, "{usage:?}");
 }
 
 #[tokio::test]

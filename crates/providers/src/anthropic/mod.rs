@@ -81,7 +81,7 @@ impl Inner {
 }
 
 /// Anthropic errors: `{"type":"error","error":{"type":"overloaded_error","message":…}}`.
-fn classify(provider: &ProviderId, status: u16, body: &[u8]) -> ProviderError {
+pub(crate) fn classify(provider: &ProviderId, status: u16, body: &[u8]) -> ProviderError {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let error = json.as_ref().and_then(|v| v.get("error"));
     let code = error.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_string);
@@ -113,16 +113,7 @@ impl Provider for AnthropicProvider {
         scrub::future(scrub, async move {
             let resp = inner.send(rb?.timeout(inner.cfg.request_timeout)).await?;
             let body = answer_body(&inner.id, resp, inner.cfg.max_response_bytes).await?;
-            let parsed: MessagesResponse = serde_json::from_slice(&body).map_err(|e| {
-                ProviderError::new(
-                    &inner.id,
-                    ErrorKind::Protocol,
-                    format!("upstream answered with an invalid body ({e}): {}", snippet(&body)),
-                )
-            })?;
-            let mut chat = messages_response_to_chat(parsed);
-            chat.created = unix_now();
-            Ok(chat)
+            answer(&inner.id, &body)
         })
     }
 
@@ -137,13 +128,7 @@ impl Provider for AnthropicProvider {
         let scrub = inner.scrub.clone();
         scrub::stream(scrub, async move {
             let resp = inner.send(rb?.header(reqwest::header::ACCEPT, "text/event-stream")).await?;
-            let decoder = AnthropicDecoder {
-                provider: inner.id.clone(),
-                translator: MessagesToChatStream::new(true),
-                created: unix_now(),
-                finished: false,
-                last: None,
-            };
+            let decoder = AnthropicDecoder::new(inner.id.clone());
             Ok(chat_stream(inner.id.clone(), resp, inner.cfg.max_response_bytes, decoder))
         })
     }
@@ -158,7 +143,7 @@ impl Provider for AnthropicProvider {
     }
 }
 
-struct AnthropicDecoder {
+pub(crate) struct AnthropicDecoder {
     provider: ProviderId,
     translator: MessagesToChatStream,
     /// Anthropic messages carry no timestamp; OpenAI chunks do.
@@ -167,6 +152,22 @@ struct AnthropicDecoder {
     finished: bool,
     /// The id and model of the message, for a usage chunk made at the end.
     last: Option<(String, String)>,
+}
+
+impl AnthropicDecoder {
+    pub(crate) fn new(provider: ProviderId) -> Self {
+        Self { provider, translator: MessagesToChatStream::new(true), created: unix_now(), finished: false, last: None }
+    }
+}
+
+/// Parses a non-streamed answer body as the provider does.
+pub(crate) fn answer(id: &ProviderId, body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let parsed: MessagesResponse = serde_json::from_slice(body).map_err(|e| {
+        ProviderError::new(id, ErrorKind::Protocol, format!("upstream answered with an invalid body ({e}): {}", snippet(body)))
+    })?;
+    let mut chat = messages_response_to_chat(parsed);
+    chat.created = unix_now();
+    Ok(chat)
 }
 
 fn unix_now() -> u64 {

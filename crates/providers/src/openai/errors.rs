@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::http::{kind_of_status, refine, snippet};
 use crate::{ErrorKind, ProviderError};
 
-pub(super) fn classify(provider: &ProviderId, status: u16, body: &[u8]) -> ProviderError {
+pub(crate) fn classify(provider: &ProviderId, status: u16, body: &[u8]) -> ProviderError {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let (message, code) = match &json {
         Some(v) => message_and_code(v),
@@ -25,7 +25,7 @@ pub(super) fn classify(provider: &ProviderId, status: u16, body: &[u8]) -> Provi
 }
 
 /// An `{"error": …}` object sent as a stream event, if `data` is one.
-pub(super) fn stream_error(provider: &ProviderId, data: &str) -> Option<ProviderError> {
+pub(crate) fn stream_error(provider: &ProviderId, data: &str) -> Option<ProviderError> {
     let v: Value = serde_json::from_str(data).ok()?;
     v.get("error")?;
     let (message, code) = message_and_code(&v);

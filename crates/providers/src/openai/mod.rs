@@ -1,7 +1,7 @@
 //! OpenAI and every OpenAI-compatible server (Azure OpenAI, vLLM, Ollama, Groq, Together, Mistral, …): one
 //! implementation, with the vendors' differences in [`quirks`].
 
-mod errors;
+pub(crate) mod errors;
 mod quirks;
 
 use std::collections::VecDeque;
@@ -172,7 +172,7 @@ impl Provider for OpenAiProvider {
 
 /// OpenAI's stream: `data: <chunk>` events, `data: [DONE]` at the end, and `data: {"error": …}` when the vendor
 /// fails mid-stream.
-struct OpenAiDecoder {
+pub(crate) struct OpenAiDecoder {
     provider: ProviderId,
     done: bool,
     /// Every choice seen so far, by index, and whether it reported its finish reason. The answer is complete
@@ -181,7 +181,7 @@ struct OpenAiDecoder {
 }
 
 impl OpenAiDecoder {
-    fn new(provider: ProviderId) -> Self {
+    pub(crate) fn new(provider: ProviderId) -> Self {
         Self { provider, done: false, choices: std::collections::BTreeMap::new() }
     }
 }
