@@ -39,14 +39,31 @@ def offline_keel(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail(f"keel did not start:\n{log.read_text()}")
-    yield base
+    yield base, log
     proc.terminate()
     proc.wait(timeout=30)
 
 
 @pytest.fixture
 def client(offline_keel):
-    return openai.OpenAI(base_url=f"{offline_keel}/v1", api_key="none", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{offline_keel[0]}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def test_the_default_answers_the_capital_of_france_without_sampling_settings(client):
+    # No temperature: the model's recommended sampling applies (at the API's 1.0 the 135M model rambles).
+    answers = [client.chat.completions.create(
+        model="smollm2", max_tokens=24, seed=seed,
+        messages=[{"role": "user", "content": "What is the capital of France?"}]).choices[0].message.content
+        for seed in range(3)]
+    assert sum("Paris" in a for a in answers) >= 2, answers
+
+
+def test_start_up_says_what_matters_only(offline_keel):
+    text = offline_keel[1].read_text()
+    lines = text[: text.index("keel listening")].splitlines()
+    assert len(lines) < 30, f"{len(lines)} lines before listening:\n{text}"
+    assert "compatible" not in text and "ONNX Runtime dylib" not in text, "no ONNX Runtime version noise"
+    assert "/admin/* is off" in text, "start-up says who may use the admin endpoints"
 
 
 def test_models_are_the_local_ones(client):

@@ -224,7 +224,12 @@ fn stsb(path: &std::path::Path) -> anyhow::Result<Vec<Pair>> {
         .filter_map(|v| {
             // A paraphrase scores 4 or more; every pair under 4 is not one (served, it would be a false hit).
             let score = v["score"].as_f64()?;
-            Some(Pair { a: field(v, "sentence1"), b: field(v, "sentence2"), paraphrase: score >= 4.0, score: Some(score) })
+            Some(Pair {
+                a: field(v, "sentence1"),
+                b: field(v, "sentence2"),
+                paraphrase: score >= 4.0,
+                score: Some(score),
+            })
         })
         .collect())
 }

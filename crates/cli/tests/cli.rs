@@ -297,3 +297,42 @@ async fn requests_are_exported_as_otlp_spans() {
     assert!(has(&id), "the request span carries the request id");
     assert!(has("POST /v1/chat/completions") && has("gen_ai.request.model"), "span name and attributes");
 }
+
+/// An operator reading the log or managing keys has no provider keys in the environment, and needs none.
+#[test]
+fn logs_and_keys_need_no_provider_keys() {
+    let dir = std::env::temp_dir().join(format!("keel-cli-nokeys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("keel.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nurl = \"sqlite://{}/keel.db\"\n[providers.openai]\napi_key_env = \"OPENAI_API_KEY\"\n[models.m]\nprovider = \"openai\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    for args in [&["logs", "--config"][..], &["keys", "list", "--config"][..]] {
+        let out = Command::new(KEEL).args(args).arg(&cfg).env_remove("OPENAI_API_KEY").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // `keel serve` does need them.
+    let out = Command::new(KEEL).args(["config", "check"]).arg(&cfg).env_remove("OPENAI_API_KEY").output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn config_check_gives_line_column_and_path_of_every_type_error() {
+    let dir = std::env::temp_dir().join(format!("keel-cli-types-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[server]\nlisten = 8080\nmax_body_bytes = \"big\"\n").unwrap();
+    let out = Command::new(KEEL).args(["config", "check"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(
+        err.contains("server.listen: invalid type: integer `8080`, expected a string (at line 2, column 1)"),
+        "{err}"
+    );
+    assert!(err.contains("server.max_body_bytes: invalid type: string \"big\""), "{err}");
+}

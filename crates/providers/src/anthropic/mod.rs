@@ -163,7 +163,11 @@ impl AnthropicDecoder {
 /// Parses a non-streamed answer body as the provider does.
 pub(crate) fn answer(id: &ProviderId, body: &[u8]) -> Result<ChatResponse, ProviderError> {
     let parsed: MessagesResponse = serde_json::from_slice(body).map_err(|e| {
-        ProviderError::new(id, ErrorKind::Protocol, format!("upstream answered with an invalid body ({e}): {}", snippet(body)))
+        ProviderError::new(
+            id,
+            ErrorKind::Protocol,
+            format!("upstream answered with an invalid body ({e}): {}", snippet(body)),
+        )
     })?;
     let mut chat = messages_response_to_chat(parsed);
     chat.created = unix_now();
