@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,8 @@ except ImportError:  # pragma: no cover
 ADMIN_KEY = "admin-secret-for-cache-tests"
 EMBEDDINGS = "all-minilm-l6-v2"  # the local embeddings model: the semantic cache's default
 SEMANTIC = "gpt-semantic"  # gpt-test's upstream, with the semantic cache on
+LOOSE = "gpt-semantic-loose"  # the same at a lower threshold than the default, as a user may set it
+LOOSE_THRESHOLD = 0.8
 STARTUP_TIMEOUT_S = 120  # loading the local embeddings model takes a while in a debug build
 HIT_TIMEOUT_S = 10.0
 
@@ -55,7 +58,7 @@ def cached(_servers, tmp_path_factory):
     config = work / "keel.toml"
     conftest._write_config(config, mock.url)
     text = config.read_text()
-    for table in ("[cache", "[providers.local]", f"[models.{EMBEDDINGS}]", f"[models.{SEMANTIC}]"):
+    for table in ("[cache", "[providers.local]", f"[models.{EMBEDDINGS}]", f"[models.{SEMANTIC}]", f"[models.{LOOSE}]"):
         assert table not in text, f"the session config now has {table}: merge instead of appending"
     assert text.count("[auth]\n") == 1, "the session config has one [auth] table to add to"
     text = text.replace("[auth]\n", "[auth]\nenabled = true\n", 1)
@@ -81,6 +84,11 @@ model = "{EMBEDDINGS}"
 provider = "{GPT.provider}"
 model = "{GPT.upstream_model}"
 cache = {{ mode = "read-write", semantic = true }}
+
+[models.{LOOSE}]
+provider = "{GPT.provider}"
+model = "{GPT.upstream_model}"
+cache = {{ mode = "read-write", semantic = true, threshold = {LOOSE_THRESHOLD} }}
 """
     config.write_text(text)
     p, url = conftest._serve("keel-cache", config, work, {"KEEL_ADMIN_KEY": ADMIN_KEY}, timeout_s=STARTUP_TIMEOUT_S)
@@ -310,14 +318,14 @@ def test_an_anthropic_stream_is_replayed_from_the_cache(cached, mock):
 # --------------------------------------------------------------------------------------------- semantic
 
 
-def semantic_asker(keel: Keel, tenant: str):
+def semantic_asker(keel: Keel, tenant: str, alias: str = SEMANTIC):
     """`ask(question)` returns a sender of `question` to the semantic alias with a key of `tenant` (the tenant is
     part of the semantic scope, so each tenant starts with an empty semantic cache)."""
     client = oai_client(keel, new_key(keel, tenant=tenant))
 
     def ask(question: str):
         def send():
-            raw = client.chat.completions.with_raw_response.create(model=SEMANTIC, messages=[user(question)])
+            raw = client.chat.completions.with_raw_response.create(model=alias, messages=[user(question)])
             return raw.headers, raw.parse()
         return send
     return ask
@@ -364,14 +372,24 @@ def test_the_semantic_cache_answers_a_paraphrase(cached, mock):
     pytest.param("Please refund my order number 1234.", "Please refund my order number 1235.", id="number-long"),
     pytest.param("Please explain why the deployment of the billing service failed last night.",
                  "Please explain why the deployment of the billing service did not fail last night.", id="negation"),
+    # The contrast guard: wording that asks for something else (docs/cache.md).
+    pytest.param("Is it safe to eat raw cookie dough?", "Is it unsafe to eat raw cookie dough?", id="safe-unsafe"),
+    pytest.param("How do I sort a list in ascending order in Python?",
+                 "How do I sort a list in descending order in Python?", id="ascending-descending"),
+    pytest.param("What is the time complexity of merge sort?", "What is the space complexity of merge sort?",
+                 id="time-space"),
+    pytest.param("What are the causes of the French Revolution?",
+                 "What are the consequences of the French Revolution?", id="causes-consequences"),
+    pytest.param("Write a haiku about autumn leaves.", "Write a limerick about autumn leaves.", id="haiku-limerick"),
+    pytest.param("Convert Celsius to Fahrenheit", "Convert Fahrenheit to Celsius", id="direction"),
 ])
 def test_the_semantic_guards_refuse_a_close_but_different_request(cached, mock, stored, asked):
-    """Pairs whose cosine alone would be a hit (above the default threshold: 0.81, docs/cache.md) but whose
-    answers differ: the guards turn the candidate down."""
-    ask = semantic_asker(cached, f"guards-{uid()}")
+    """Pairs whose cosine alone would be a hit on an alias with a threshold below the default (0.8; the default
+    is 0.92, docs/cache.md) but whose answers differ: the guards turn the candidate down."""
+    ask = semantic_asker(cached, f"guards-{uid()}", LOOSE)
     data = oai_client(cached, ADMIN_KEY).embeddings.create(model=EMBEDDINGS, input=[stored, asked]).data
     cosine = sum(p * q for p, q in zip(data[0].embedding, data[1].embedding))
-    assert cosine >= 0.9, f"the test needs a pair well above the default threshold, got {cosine:.4f}"
+    assert cosine >= LOOSE_THRESHOLD + 0.02, f"the test needs a pair above the alias's threshold, got {cosine:.4f}"
     mock.set_default(up.text("The stored answer."))
     until_cached(ask(stored), mock, want=("hit", "semantic_hit"))
 
@@ -381,6 +399,50 @@ def test_the_semantic_guards_refuse_a_close_but_different_request(cached, mock, 
     assert headers["x-keel-cache"] == "miss", (headers.get("x-keel-cache-similarity"), got.choices[0].message.content)
     assert got.choices[0].message.content == "A fresh answer."
     assert len(mock.attempts()) == n + 1
+
+
+def test_a_paraphrase_below_the_default_threshold_hits_on_a_looser_alias(cached, mock):
+    """The per-alias threshold is what a hit needs: a paraphrase at about 0.87 misses at the default (0.92) and
+    hits on the alias set to 0.8."""
+    stored, asked = "How does photosynthesis work?", "What is the process of photosynthesis?"
+    data = oai_client(cached, ADMIN_KEY).embeddings.create(model=EMBEDDINGS, input=[stored, asked]).data
+    cosine = sum(p * q for p, q in zip(data[0].embedding, data[1].embedding))
+    assert LOOSE_THRESHOLD < cosine < 0.92, f"the test needs a pair between the thresholds, got {cosine:.4f}"
+    mock.set_default(up.text("Light to sugar."))
+    for alias, want in ((SEMANTIC, "miss"), (LOOSE, "semantic_hit")):
+        ask = semantic_asker(cached, f"threshold-{uid()}", alias)
+        until_cached(ask(stored), mock, want=("hit", "semantic_hit"))
+        headers, got = ask(asked)()
+        assert headers["x-keel-cache"] == want, (alias, headers.get("x-keel-cache-similarity"))
+        assert got.choices[0].message.content == "Light to sugar."
+
+
+TOPICS = ["bread", "glass", "paper", "chess", "jazz", "tea", "silk", "coffee", "soap", "rice", "cheese", "wine",
+          "pottery", "sugar", "salt", "chocolate", "cotton", "steel", "printing", "clocks", "bicycles", "maps",
+          "umbrellas", "kites"]
+
+
+def test_concurrent_semantic_lookups_are_all_embedded_and_stored(cached, mock):
+    """As many semantic lookups at once as clients send (24 here): none is skipped for a full embeddings queue,
+    and each answer is stored for semantic hits."""
+    assert "keel_cache_semantic_embed_failures_total" in cached.admin.get("/metrics").text
+    failures = metric(cached, "keel_cache_semantic_embed_failures_total")
+    stored = metric(cached, "keel_cache_stored_total")
+    ask = semantic_asker(cached, f"concurrent-{uid()}")
+    mock.set_default(up.text("A long story."))
+    with ThreadPoolExecutor(len(TOPICS)) as pool:
+        first = list(pool.map(lambda t: ask(f"What is the history of {t}?")(), TOPICS))
+    assert [h["x-keel-cache"] for h, _ in first] == ["miss"] * len(TOPICS)
+    assert metric(cached, "keel_cache_semantic_embed_failures_total") == failures
+    deadline = time.monotonic() + HIT_TIMEOUT_S
+    while metric(cached, "keel_cache_stored_total") < stored + len(TOPICS):
+        assert time.monotonic() < deadline, "the answers were not all stored"
+        time.sleep(0.05)
+    n = len(mock.attempts())
+    for topic in TOPICS:
+        headers, _ = ask(f"What's the history of {topic}?")()
+        assert headers["x-keel-cache"] == "semantic_hit", (topic, headers.get("x-keel-cache"))
+    assert len(mock.attempts()) == n
 
 
 # --------------------------------------------------------------------------------------------- tenants

@@ -4,13 +4,15 @@
 //!   scope: the same without the user's text).
 //! - [`answer`]: what is kept (complete answers only) and how a stream is rebuilt from it.
 //! - [`exact`]: the exact cache's backends, in-process (bounded in bytes) or Redis.
-//! - [`semantic`] and [`guards`]: earlier requests by meaning, within the same scope, behind guards against
-//!   the typical false hits (numbers, dates, names, identifiers, negation).
+//! - [`semantic`], [`guards`] and [`contrast`]: earlier requests by meaning, within the same scope, behind
+//!   guards against the typical false hits (numbers, dates, names, identifiers, negation, and wording that
+//!   asks for something different: safe / unsafe, time / space complexity).
 //!
 //! The pipeline stage that uses them is `keel_pipeline`'s cache stage; this crate does no HTTP and knows no
 //! provider.
 
 pub mod answer;
+pub mod contrast;
 pub mod exact;
 pub mod guards;
 pub mod key;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::resolve::Errors;
 
 /// The default similarity a semantic hit needs, chosen from the measured table in `docs/cache.md`.
-pub const DEFAULT_THRESHOLD: f32 = 0.81;
+pub const DEFAULT_THRESHOLD: f32 = 0.92;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

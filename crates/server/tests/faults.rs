@@ -335,7 +335,7 @@ async fn a_continued_stream_counts_every_attempt_once() {
         .unwrap();
     let Ok(keel_pipeline::Output::ChatStream(stream)) = resp.result else { panic!("a stream") };
     let chunks: Vec<_> = stream.collect().await;
-    let usage = chunks.iter().filter_map(|c| c.as_ref().ok()?.usage.clone()).last().expect("a usage chunk");
+    let usage = chunks.iter().filter_map(|c| c.as_ref().ok()?.usage.clone()).next_back().expect("a usage chunk");
     let attempts = resp.ctx.attempts.snapshot();
     let outcomes: Vec<_> = attempts.iter().map(|a| (a.provider.to_string(), a.outcome.as_str())).collect();
     assert_eq!(outcomes, [("p".to_string(), "stream_incomplete"), ("f".to_string(), "ok")], "each attempt once");
