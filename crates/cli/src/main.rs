@@ -386,13 +386,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         server.admission_queue,
         server.admission_queue_timeout,
     );
-    let pipeline = keel_pipeline::build_with(keel_pipeline::Parts {
-        routes: routes.clone(),
-        providers,
-        breakers: breakers.clone(),
-        cache: Some(cache),
-        limits: route_limits.clone(),
-    });
     let admission = Arc::new(keel_pipeline::Limiter::new(
         server.max_in_flight,
         server.admission_queue,
@@ -427,8 +420,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let log =
         keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
     let state = keel_server::AppState::from_parts(keel_server::Parts {
-        pipeline,
         routes,
+        providers,
+        cache: Some(cache),
+        route_limits,
         breakers,
         log: Arc::new(log),
         store,

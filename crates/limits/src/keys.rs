@@ -47,20 +47,30 @@ pub struct NewKey {
     pub tpm: Option<u64>,
 }
 
+/// Why a key cannot be created: the field at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidKey {
+    pub field: &'static str,
+    pub problem: &'static str,
+}
+
 impl NewKey {
     /// Why this key cannot be created, if it cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidKey> {
         if self.name.trim().is_empty() {
-            return Err("name: must not be empty".into());
+            return Err(InvalidKey { field: "name", problem: "must not be empty" });
         }
         for (field, v) in [("budget_daily_usd", self.budget_daily_usd), ("budget_monthly_usd", self.budget_monthly_usd)]
         {
             if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
-                return Err(format!("{field}: must be a non-negative number of US dollars"));
+                return Err(InvalidKey { field, problem: "must be a non-negative number of US dollars" });
             }
         }
-        if self.rpm == Some(0) || self.tpm == Some(0) {
-            return Err("rpm, tpm: must be greater than 0 (leave unset for no limit)".into());
+        for (field, zero) in [("rpm", self.rpm == Some(0)), ("tpm", self.tpm == Some(0))] {
+            if zero {
+                return Err(InvalidKey { field, problem: "must be greater than 0 (leave unset for no limit)" });
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use keel_local::LocalProvider;
-use keel_pipeline::{AttemptOutcome, GatewayRequest, InboundApi, Operation, RequestContext, RequestId};
+use keel_pipeline::{AttemptOutcome, Call, Endpoint, GatewayRequest, Operation, RequestContext, RequestId, RouteLayer};
 use keel_providers::ErrorKind;
 use tower::ServiceExt;
 
@@ -39,15 +39,17 @@ async fn a_full_local_queue_neither_opens_the_circuit_nor_is_retried_on_the_same
     let providers = keel_providers::Providers::default().with(Arc::new(local));
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
-    let pipeline = keel_pipeline::build(routes, providers, breakers.clone());
+    // The route and call stages, as the request path has them.
+    let pipeline =
+        tower::ServiceBuilder::new().layer(RouteLayer::new(routes)).service(Call::new(providers, breakers.clone()));
     let request = |i: usize| {
         let req = serde_json::from_value(serde_json::json!({
             "model": "small", "temperature": 0, "max_tokens": 16,
             "messages": [{"role": "user", "content": "Name a colour."}]
         }))
         .unwrap();
-        let ctx = RequestContext::new(RequestId(format!("r{i}").into()), InboundApi::OpenAi, "small");
-        GatewayRequest { ctx, op: Operation::Chat(req) }
+        let ctx = RequestContext::new(RequestId(format!("r{i}").into()), Endpoint::ChatCompletions);
+        GatewayRequest { ctx, op: Operation::chat(req) }
     };
     let calls = (0..8).map(|i| pipeline.clone().oneshot(request(i)));
     let answers: Vec<_> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();

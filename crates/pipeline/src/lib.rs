@@ -1,4 +1,7 @@
-//! The request path of keel as a stack of tower services, outermost stage first.
+//! The request path's stages that know nothing of HTTP, each a tower layer: scope (tenant and cache mode),
+//! route (alias to plan), per-alias admission, the response cache, and the call (retries, fallbacks, timeouts,
+//! circuit breaking, streams). The server composes them with its own stages (log, key checks, shutdown) in one
+//! function, `keel_server::stack`, which reads top to bottom as a request flows.
 //!
 //! Every stage is a `Service<GatewayRequest, Response = GatewayResponse, Error = Infallible>`: the outcome of a
 //! request, success or failure, travels back up the stack inside [`GatewayResponse`] together with its
@@ -11,47 +14,20 @@ mod call;
 mod context;
 pub mod cost;
 mod route;
-
-use std::convert::Infallible;
-
-use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
+mod scope;
 
 pub use admission::{Limiter, RouteLimitLayer, RouteLimits};
 pub use cache::{
     CacheLayer, CacheOutcome, CacheParts, CacheStats, EmbedError, Embedder, Saved, Semantic, load_semantic,
 };
-pub use call::{Breakers, Call, CircuitState, Schema};
+pub use call::{Breakers, Call, CircuitState, InvalidSchema, Schema};
 pub use context::{
-    AttemptId, AttemptOutcome, AttemptRecord, AttemptUsage, Attempts, GatewayError, GatewayRequest, GatewayResponse,
-    InboundApi, Operation, Output, RequestContext, RequestId,
+    AttemptId, AttemptOutcome, AttemptRecord, AttemptUsage, Attempts, ClientFacts, Denial, Endpoint, GatewayError,
+    GatewayRequest, GatewayResponse, InboundApi, Operation, Output, Principal, Prompt, Rejection, RejectionKind,
+    RequestContext, RequestId, Settle, Settlement,
 };
-pub use route::{RouteLayer, RoutePlan, RouteTable};
+pub use route::{RouteError, RouteLayer, RoutePlan, RouteTable};
+pub use scope::ScopeLayer;
 
-/// The assembled request path, cheap to clone per request.
-pub type Pipeline = BoxCloneSyncService<GatewayRequest, GatewayResponse, Infallible>;
-
-/// Builds the request path from its parts, without a cache or per-alias limits (tests of the inner stages).
-pub fn build(routes: RouteTable, providers: keel_providers::Providers, breakers: Breakers) -> Pipeline {
-    build_with(Parts { routes, providers, breakers, cache: None, limits: RouteLimits::default() })
-}
-
-/// Everything the request path is made of.
-pub struct Parts {
-    pub routes: RouteTable,
-    pub providers: keel_providers::Providers,
-    pub breakers: Breakers,
-    pub cache: Option<CacheParts>,
-    /// Per-alias admission; empty: none.
-    pub limits: RouteLimits,
-}
-
-/// Builds the request path from its parts, outermost stage first. Later stages (guard) are one more line here.
-pub fn build_with(parts: Parts) -> Pipeline {
-    let stack = ServiceBuilder::new()
-        .layer(RouteLayer::new(parts.routes)) // model alias -> its plan: targets in order, reliability policy
-        .layer(RouteLimitLayer::new(parts.limits)) // at most N in flight per alias, a short queue, then 503
-        .option_layer(parts.cache.map(CacheLayer::new)) // exact and semantic answers, per the route's cache policy
-        .service(Call::new(parts.providers, parts.breakers)); // retries, fallbacks, timeouts, circuit breaking
-    BoxCloneSyncService::new(stack)
-}
+/// A request path (or part of one), cheap to clone per request.
+pub type Pipeline = tower::util::BoxCloneSyncService<GatewayRequest, GatewayResponse, std::convert::Infallible>;

@@ -27,6 +27,13 @@ pub struct RoutePlan {
     pub cache: keel_config::CachePolicy,
 }
 
+/// A route that cannot be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("models.{alias}.response_schema: {error}")]
+    Schema { alias: String, error: crate::call::InvalidSchema },
+}
+
 /// Model aliases and their plans, from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
@@ -35,11 +42,13 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the plans; a route schema that does not compile is an error naming the alias.
-    pub fn new<'a>(aliases: impl IntoIterator<Item = &'a ModelAlias>) -> Result<Self, String> {
+    pub fn new<'a>(aliases: impl IntoIterator<Item = &'a ModelAlias>) -> Result<Self, RouteError> {
         let mut map = HashMap::new();
         for a in aliases {
             let schema = match &a.response_schema {
-                Some(s) => Some(Schema::compile(s).map_err(|e| format!("models.{}.response_schema: {e}", a.name))?),
+                Some(s) => {
+                    Some(Schema::compile(s).map_err(|e| RouteError::Schema { alias: a.name.clone(), error: e })?)
+                }
                 None => None,
             };
             let target =

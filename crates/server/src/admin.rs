@@ -1,8 +1,12 @@
-//! Operator endpoints: the request log read back (`GET /admin/requests`) and the Prometheus metrics.
+//! Operator endpoints: the request log read back (`GET /admin/requests`), the Prometheus metrics, and the
+//! virtual keys (`/admin/keys`: create, list, revoke).
 
-use axum::extract::{Query as QueryParams, State};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keel_limits::{Keys, NewKey};
 use keel_pipeline::InboundApi;
 use keel_store::Query;
 use serde::Deserialize;
@@ -86,4 +90,65 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+// ------------------------------------------------------------------------------------------- virtual keys
+
+fn keys_of(app: &AppState) -> Result<Arc<Keys>, ApiError> {
+    app.inner.auth.as_ref().map(|a| a.keys.clone()).ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        ..ApiError::invalid("virtual keys need keel's store ([log] enabled)", None)
+    })
+}
+
+/// `POST /admin/keys`: creates a key; the answer holds its secret, shown this once.
+pub(crate) async fn create_key(State(app): State<AppState>, body: crate::body::RawBody) -> Response {
+    let result = async {
+        let keys = keys_of(&app)?;
+        let new: NewKey = body.parse()?;
+        new.validate().map_err(|e| ApiError::invalid(e.to_string(), Some(e.field.into())))?;
+        let (key, secret) = keys.create(new).await.map_err(unavailable)?;
+        let mut v = serde_json::to_value(&key).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("key".into(), secret.into());
+        }
+        Ok::<_, ApiError>((StatusCode::CREATED, axum::Json(v)).into_response())
+    };
+    result.await.unwrap_or_else(|e| e.into_response_for(InboundApi::OpenAi))
+}
+
+/// `GET /admin/keys`: every key, without secrets or hashes.
+pub(crate) async fn list_keys(State(app): State<AppState>) -> Response {
+    let result = async {
+        let keys = keys_of(&app)?;
+        let list = keys.store().list_keys().await.map_err(|e| unavailable(e.into()))?;
+        Ok::<_, ApiError>(axum::Json(serde_json::json!({ "object": "list", "data": list })).into_response())
+    };
+    result.await.unwrap_or_else(|e| e.into_response_for(InboundApi::OpenAi))
+}
+
+/// `DELETE /admin/keys/{id}`: revokes a key; refused from the next request on.
+pub(crate) async fn revoke_key(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let result = async {
+        let keys = keys_of(&app)?;
+        if keys.revoke(&id).await.map_err(unavailable)? {
+            Ok::<_, ApiError>(axum::Json(serde_json::json!({ "id": id, "revoked": true })).into_response())
+        } else {
+            Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                ..ApiError::invalid(format!("no live key with id `{id}`"), Some("id".into()))
+            })
+        }
+    };
+    result.await.unwrap_or_else(|e| e.into_response_for(InboundApi::OpenAi))
+}
+
+fn unavailable(e: keel_limits::LimitsError) -> ApiError {
+    tracing::error!(error = %e, "key store unavailable");
+    crate::auth::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "key_store_unavailable",
+        format!("key store: {e}"),
+    )
 }

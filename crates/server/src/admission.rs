@@ -13,15 +13,14 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::Frame;
-use keel_pipeline::RequestId;
 use keel_pipeline::admission::{InFlight, RETRY_AFTER};
+use keel_pipeline::{Endpoint, RequestId};
 
 use crate::{ApiError, AppState};
 
 pub(crate) async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let Some(endpoint) = crate::auth::endpoint(path) else { return next.run(req).await };
-    let api = crate::error::api_of_path(path);
+    let Some(endpoint) = Endpoint::of_path(req.uri().path()) else { return next.run(req).await };
+    let api = endpoint.api();
     match app.inner.admission.admit().await {
         Ok(slot) => next.run(req).await.map(|body| Body::new(Holding { body, _slot: slot })),
         Err(_) => {
@@ -41,7 +40,8 @@ pub(crate) async fn layer(State(app): State<AppState>, req: Request, next: Next)
             };
             // Shedding load must not wait for the log: the row goes through its bounded detached path.
             if let Some(id) = req.extensions().get::<RequestId>() {
-                app.inner.log.start(id, api, endpoint, req.headers()).reject_detached(&err);
+                let arrival = crate::arrival::Arrival::new(id.clone(), endpoint, None, req.headers());
+                app.inner.log.refuse_detached(arrival, &err);
             }
             err.into_response_for(api)
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keel_pipeline::{GatewayError, InboundApi};
+use keel_pipeline::{Denial, GatewayError, InboundApi, Rejection, RejectionKind};
 use keel_providers::{ErrorKind, ProviderError};
 use keel_types::error::{AnthropicError, AnthropicErrorBody, OpenAiError, OpenAiErrorBody};
 
@@ -30,11 +30,7 @@ impl ApiError {
         Self { param, ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
     }
 
-    pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message)
-    }
-
-    fn code(mut self, code: &str) -> Self {
+    pub(crate) fn code(mut self, code: &str) -> Self {
         self.code = Some(code.to_string());
         self
     }
@@ -91,6 +87,8 @@ impl ApiError {
 impl From<GatewayError> for ApiError {
     fn from(e: GatewayError) -> Self {
         match e {
+            GatewayError::Rejected(r) => r.into(),
+            GatewayError::Denied(d) => denial(d),
             // The configured aliases are not listed: `GET /v1/models` shows a caller the ones it may use.
             GatewayError::UnknownModel { model } => ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -117,6 +115,42 @@ impl From<GatewayError> for ApiError {
                     .code("overloaded")
                 }
             }
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        let Rejection { kind, message, param } = r;
+        match kind {
+            RejectionKind::Malformed | RejectionKind::Invalid => ApiError::invalid(message, param),
+            RejectionKind::TooLarge => {
+                ApiError { param, ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message) }
+            }
+            RejectionKind::Timeout => ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                ..ApiError::invalid(message, param).code("request_timeout")
+            },
+        }
+    }
+}
+
+fn denial(d: Denial) -> ApiError {
+    let message = d.to_string();
+    match d {
+        Denial::ModelNotAllowed { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "permission_error", message).code("model_not_allowed")
+        }
+        Denial::RateLimited { retry_after, .. } => ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message).code("rate_limit_exceeded")
+        },
+        Denial::BudgetExceeded { retry_after, .. } => ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message).code("budget_exceeded")
+        },
+        Denial::LimitsUnavailable => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("limits_unavailable")
         }
     }
 }

@@ -1,20 +1,26 @@
-//! The HTTP edge of keel: connections (timeouts, limits, shutdown), admission control, the axum router, thin
-//! handlers for the OpenAI and Anthropic APIs, stream encoding, and the one mapping from gateway errors to HTTP
-//! responses. Only this crate knows axum and hyper.
+//! The HTTP edge of keel: connections (timeouts, limits, shutdown), the HTTP layers (request ids, header
+//! limits, admission control, identity), the request path of the API endpoints (`stack.rs`: the log, the key
+//! stages and the pipeline's stages, in one function), handlers for the OpenAI and Anthropic APIs that only
+//! parse, run and encode, stream encoding, and the one mapping from gateway errors to HTTP responses. Only this
+//! crate knows axum and hyper.
 
 mod admin;
 mod admission;
 mod anthropic;
+mod arrival;
 mod auth;
 mod body;
 mod conn;
+mod encode;
 mod error;
+mod keys;
 mod limits;
 mod log;
 mod metrics;
 mod openai;
 mod request_id;
 mod shutdown;
+mod stack;
 mod stream;
 
 use std::sync::Arc;
@@ -22,11 +28,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use keel_pipeline::{Breakers, Limiter, Pipeline, RouteTable};
+use keel_pipeline::{Breakers, CacheParts, GatewayResponse, Limiter, Operation, Rejection, RouteLimits, RouteTable};
+use tower::ServiceExt;
 
-pub use auth::{Auth, Principal, Settler};
+pub use auth::Auth;
 pub use conn::{ConnOptions, ConnStats, serve};
 pub use error::ApiError;
+pub use keel_pipeline::Principal;
+pub use keys::Settler;
 pub use log::RequestLog;
 pub use metrics::{Metrics, Source, SourceKind};
 pub use request_id::enable_request_spans;
@@ -39,7 +48,8 @@ pub struct AppState {
 }
 
 struct Inner {
-    pipeline: Pipeline,
+    /// The request path of the API endpoints (`stack.rs`).
+    stack: stack::Stack,
     routes: RouteTable,
     breakers: Breakers,
     log: Arc<RequestLog>,
@@ -77,9 +87,13 @@ impl AdminAccess {
 
 /// Everything the edge is made of.
 pub struct Parts {
-    pub pipeline: Pipeline,
     pub routes: RouteTable,
+    pub providers: keel_providers::Providers,
     pub breakers: Breakers,
+    /// The response cache; none: no cache stage.
+    pub cache: Option<CacheParts>,
+    /// Per-alias admission; empty: none.
+    pub route_limits: RouteLimits,
     pub log: Arc<RequestLog>,
     pub store: Option<Arc<dyn keel_store::Store>>,
     pub auth: Option<Arc<Auth>>,
@@ -88,10 +102,10 @@ pub struct Parts {
     pub shutdown: Shutdown,
 }
 
-impl AppState {
-    /// State without a persistent request log (metrics only), open admin endpoints and the default admission
-    /// limits: the edge as the tests of the inner stages see it.
-    pub fn new(pipeline: Pipeline, routes: RouteTable, breakers: Breakers) -> Self {
+impl Parts {
+    /// The edge without a persistent request log (metrics only), cache, keys or per-alias limits, with open
+    /// admin endpoints and the default instance admission: the parts as tests of the inner stages want them.
+    pub fn new(routes: RouteTable, providers: keel_providers::Providers, breakers: Breakers) -> Self {
         let metrics = Arc::new(Metrics::new(breakers.clone(), None));
         let log = RequestLog::new(
             None,
@@ -102,17 +116,26 @@ impl AppState {
             routes.names(),
         );
         let max = keel_config::default_max_in_flight();
-        Self::from_parts(Parts {
-            pipeline,
+        Self {
             routes,
+            providers,
             breakers,
+            cache: None,
+            route_limits: RouteLimits::default(),
             log: Arc::new(log),
             store: None,
             auth: None,
             admin: AdminAccess::OpenOnLoopback,
             admission: Arc::new(Limiter::new(max, max / 4, Duration::from_secs(1))),
             shutdown: Shutdown::default(),
-        })
+        }
+    }
+}
+
+impl AppState {
+    /// The edge of [`Parts::new`].
+    pub fn new(routes: RouteTable, providers: keel_providers::Providers, breakers: Breakers) -> Self {
+        Self::from_parts(Parts::new(routes, providers, breakers))
     }
 
     /// The shutdown deadline came: open streams end with an error event, and what is cut from now on is
@@ -124,7 +147,7 @@ impl AppState {
 
     pub fn from_parts(p: Parts) -> Self {
         let inner = Inner {
-            pipeline: p.pipeline,
+            stack: stack::request_path(&p),
             routes: p.routes,
             breakers: p.breakers,
             log: p.log,
@@ -135,6 +158,20 @@ impl AppState {
             shutdown: p.shutdown,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Runs a parsed (or refused) request through the request path.
+    pub(crate) async fn serve(
+        &self,
+        arrival: arrival::Arrival,
+        body: body::RawBody,
+        op: Result<Operation, Rejection>,
+    ) -> GatewayResponse {
+        let inbound = log::Inbound { arrival, body: body.bytes(), op: op.map_err(Into::into) };
+        match self.inner.stack.clone().oneshot(inbound).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
     }
 }
 
@@ -162,7 +199,8 @@ impl Default for ServerLimits {
     }
 }
 
-/// All of keel's HTTP routes, outermost layer last: request id, header limits, admission control, identity.
+/// All of keel's HTTP routes and the HTTP layers, outermost last: request id, header limits, admission control,
+/// identity. They act on a request's head, before its body is read; the API endpoints' stages are in `stack.rs`.
 pub fn router(state: AppState, limits: ServerLimits) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
@@ -174,8 +212,8 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/admin/circuits", get(circuits))
         .route("/admin/requests", get(admin::requests))
         .route("/metrics", get(admin::metrics))
-        .route("/admin/keys", get(auth::list_keys).post(auth::create_key))
-        .route("/admin/keys/{id}", axum::routing::delete(auth::revoke_key))
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))

@@ -34,9 +34,10 @@ pub(crate) async fn layer(
         let path = req.uri().path().to_string();
         let api = crate::error::api_of_path(&path);
         if let (Some(endpoint), Some(id)) =
-            (crate::auth::endpoint(&path), req.extensions().get::<keel_pipeline::RequestId>())
+            (keel_pipeline::Endpoint::of_path(&path), req.extensions().get::<keel_pipeline::RequestId>())
         {
-            app.inner.log.start(id, api, endpoint, req.headers()).reject_detached(&err);
+            let arrival = crate::arrival::Arrival::new(id.clone(), endpoint, None, req.headers());
+            app.inner.log.refuse_detached(arrival, &err);
         }
         return err.into_response_for(api);
     }

@@ -1,12 +1,17 @@
 //! The shutdown deadline as the request path sees it: a stream still open when `shutdown_grace_ms` runs out is
 //! ended with an explicit error event (never cut at the TCP level), and its log entry finished as `shutdown`.
+//! [`ShutdownLayer`] is the stage that arms every stream; it sits inside the log stage, so the log sees the
+//! error event like the client does.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use keel_pipeline::{GatewayRequest, GatewayResponse, Output};
 use keel_providers::{ChatStream, ErrorKind, ProviderError};
 use keel_types::ChatChunk;
 use tokio::sync::watch;
@@ -36,12 +41,60 @@ impl Shutdown {
     }
 
     /// `stream`, ended with a `shutdown` error when the deadline comes.
-    pub(crate) fn guard(&self, stream: ChatStream) -> ChatStream {
+    fn guard(&self, stream: ChatStream) -> ChatStream {
         let mut rx = self.tx.subscribe();
         let deadline = Box::pin(async move {
             let _ = rx.wait_for(|d| *d).await;
         });
         Box::pin(Guarded { inner: stream, deadline, ended: false })
+    }
+}
+
+/// The stage that ends every stream at the shutdown deadline.
+#[derive(Clone)]
+pub(crate) struct ShutdownLayer(pub Shutdown);
+
+impl<S> tower::Layer<S> for ShutdownLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard { shutdown: self.0.clone(), inner }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Guard<S> {
+    shutdown: Shutdown,
+    inner: S,
+}
+
+impl<S> tower::Service<GatewayRequest> for Guard<S>
+where
+    S: tower::Service<GatewayRequest, Response = GatewayResponse, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = GatewayResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<GatewayResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GatewayRequest) -> Self::Future {
+        let shutdown = self.shutdown.clone();
+        self.inner
+            .call(req)
+            .map(move |resp| {
+                resp.map(|mut resp| {
+                    resp.result = match resp.result {
+                        Ok(Output::ChatStream(s)) => Ok(Output::ChatStream(shutdown.guard(s))),
+                        other => other,
+                    };
+                    resp
+                })
+            })
+            .boxed()
     }
 }
 

@@ -78,14 +78,10 @@ async fn keel(
     }
     let semantic = Some(keel_pipeline::Semantic { index, embedder, store });
     let parts = keel_pipeline::CacheParts::new(exact, semantic);
-    let pipeline = keel_pipeline::build_with(keel_pipeline::Parts {
-        routes: routes.clone(),
-        providers,
-        breakers: breakers.clone(),
+    let state = keel_server::AppState::from_parts(keel_server::Parts {
         cache: Some(parts),
-        limits: keel_pipeline::RouteLimits::default(),
+        ..keel_server::Parts::new(routes, providers, breakers)
     });
-    let state = keel_server::AppState::new(pipeline, routes, breakers);
     keel_server::router(state, keel_server::ServerLimits { max_body_bytes: 1 << 20, ..Default::default() })
 }
 

@@ -30,8 +30,7 @@ async fn server(max_connections: usize, header_ms: u64) -> Server {
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
-    let state =
-        keel_server::AppState::new(keel_pipeline::build(routes.clone(), providers, breakers.clone()), routes, breakers);
+    let state = keel_server::AppState::new(routes, providers, breakers);
     let limits = keel_server::ServerLimits {
         max_body_bytes: 1 << 20,
         body_read_timeout: Duration::from_millis(300),

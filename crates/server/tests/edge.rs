@@ -52,8 +52,7 @@ async fn app() -> App {
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
-    let state =
-        keel_server::AppState::new(keel_pipeline::build(routes.clone(), providers, breakers.clone()), routes, breakers);
+    let state = keel_server::AppState::new(routes, providers, breakers);
     let limits = keel_server::ServerLimits {
         max_body_bytes: cfg.server.max_body_bytes,
         body_read_timeout: Duration::from_millis(300),
@@ -408,25 +407,10 @@ async fn narrow_app(admin: keel_server::AdminAccess) -> App {
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
-    let metrics = std::sync::Arc::new(keel_server::Metrics::new(breakers.clone(), None));
-    let log = keel_server::RequestLog::new(
-        None,
-        keel_config::BodyPolicy::None,
-        0,
-        keel_pipeline::cost::Prices::default(),
-        metrics,
-        routes.names(),
-    );
     let state = keel_server::AppState::from_parts(keel_server::Parts {
-        pipeline: keel_pipeline::build(routes.clone(), providers, breakers.clone()),
-        routes,
-        breakers,
-        log: std::sync::Arc::new(log),
-        store: None,
-        auth: None,
         admin,
         admission: std::sync::Arc::new(keel_pipeline::Limiter::new(1, 0, Duration::ZERO)),
-        shutdown: keel_server::Shutdown::default(),
+        ..keel_server::Parts::new(routes, providers, breakers)
     });
     App { router: keel_server::router(state, keel_server::ServerLimits::default()), mock: app.mock }
 }

@@ -98,9 +98,14 @@ async fn rig() -> Rig {
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
-    let pipeline = keel_pipeline::build(routes.clone(), providers, breakers.clone());
+    // The route and call stages alone, for tests that look at what the call stage records.
+    let pipeline = keel_pipeline::Pipeline::new(
+        tower::ServiceBuilder::new()
+            .layer(keel_pipeline::RouteLayer::new(routes.clone()))
+            .service(keel_pipeline::Call::new(providers.clone(), breakers.clone())),
+    );
     let router = keel_server::router(
-        keel_server::AppState::new(pipeline.clone(), routes, breakers),
+        keel_server::AppState::new(routes, providers, breakers),
         keel_server::ServerLimits { max_body_bytes: 1 << 20, ..Default::default() },
     );
     Rig { router, pipeline, primary, fallback, big }
@@ -324,13 +329,12 @@ async fn a_continued_stream_counts_every_attempt_once() {
     .unwrap();
     let ctx = keel_pipeline::RequestContext::new(
         keel_pipeline::RequestId("continued".into()),
-        keel_pipeline::InboundApi::OpenAi,
-        "continue",
+        keel_pipeline::Endpoint::ChatCompletions,
     );
     let resp = rig
         .pipeline
         .clone()
-        .oneshot(keel_pipeline::GatewayRequest { ctx, op: keel_pipeline::Operation::Chat(req) })
+        .oneshot(keel_pipeline::GatewayRequest { ctx, op: keel_pipeline::Operation::chat(req) })
         .await
         .unwrap();
     let Ok(keel_pipeline::Output::ChatStream(stream)) = resp.result else { panic!("a stream") };

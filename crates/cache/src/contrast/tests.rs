@@ -1,3 +1,5 @@
+//! Tests of the contrast guard: hand-made contrasts and paraphrases, and agreement with the reference implementation.
+
 #![allow(clippy::unwrap_used)]
 
 use super::*;

@@ -23,11 +23,11 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use keel_config::{ErrorClass, ModelTarget};
 use keel_providers::{ChatStream, ErrorKind, Provider, ProviderError, Providers};
-use keel_types::{ChatChunk, ChatRequest, FinishReason};
+use keel_types::{ChatChunk, ChatRequest, EmbeddingsRequest, FinishReason};
 use tower::Service;
 
 pub use breaker::{Breakers, CircuitState};
-pub use schema::Schema;
+pub use schema::{InvalidSchema, Schema};
 
 use crate::route::RoutePlan;
 use crate::{
@@ -112,7 +112,7 @@ impl Chain {
             Operation::Embeddings(req) => {
                 let served = self
                     .run(|p, t, left| {
-                        let fut = p.embeddings(&t, req.clone());
+                        let fut = p.embeddings(&t, EmbeddingsRequest::clone(&req));
                         with_timeout(left, fut, t.provider.clone(), "no answer")
                     })
                     .await?;
@@ -124,7 +124,7 @@ impl Chain {
     /// A non-streamed answer, checked against the schema and repaired when it violates it.
     async fn complete(
         &self,
-        req: ChatRequest,
+        req: Arc<ChatRequest>,
         schema: Option<Schema>,
     ) -> Result<keel_types::ChatResponse, ProviderError> {
         let mut req = req;
@@ -132,7 +132,7 @@ impl Chain {
         loop {
             let Served { value: resp, target, .. } = self
                 .run(|p, t, left| {
-                    let fut = p.chat(&t, req.clone());
+                    let fut = p.chat(&t, ChatRequest::clone(&req));
                     with_timeout(left, fut, t.provider.clone(), "no answer")
                 })
                 .await?;
@@ -150,16 +150,16 @@ impl Chain {
                 return Err(invalid_output(&target, &violations, repairs));
             }
             repairs += 1;
-            req = schema::repair_request(&req, &text, &violations);
+            req = Arc::new(schema::repair_request(&req, &text, &violations));
         }
     }
 
     /// A stream, handed on once its first token arrived.
-    async fn stream(self, req: ChatRequest, schema: Option<Schema>) -> Result<ChatStream, ProviderError> {
+    async fn stream(self, req: Arc<ChatRequest>, schema: Option<Schema>) -> Result<ChatStream, ProviderError> {
         let ttft = self.plan.policy.first_token_timeout;
         let Served { value: (inner, buffered), target, attempt } = self
             .run(|p, t, left| {
-                let fut = first_token(p, t.clone(), req.clone());
+                let fut = first_token(p, t.clone(), ChatRequest::clone(&req));
                 with_timeout(left.min(ttft), fut, t.provider.clone(), "no first token")
             })
             .await?;

@@ -16,9 +16,14 @@ impl std::fmt::Debug for Schema {
     }
 }
 
+/// A JSON schema that does not compile, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSchema(pub String);
+
 impl Schema {
-    pub fn compile(schema: &serde_json::Value) -> Result<Self, String> {
-        jsonschema::validator_for(schema).map(|v| Schema(Arc::new(v))).map_err(|e| e.to_string())
+    pub fn compile(schema: &serde_json::Value) -> Result<Self, InvalidSchema> {
+        jsonschema::validator_for(schema).map(|v| Schema(Arc::new(v))).map_err(|e| InvalidSchema(e.to_string()))
     }
 
     /// The schema the answer to `req` must satisfy: the request's `json_schema` response format, else the

@@ -7,6 +7,7 @@
 //! rejects the prefill is not the cause the client hears about: the original failure is.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -39,8 +40,8 @@ struct State {
     /// last attempt reports, so that the client, the log and budgets count everything the answer cost.
     earlier: AttemptUsage,
     /// The request the attempt now streaming was sent (the original, or it with a prefill).
-    sent: ChatRequest,
-    request: ChatRequest,
+    sent: Arc<ChatRequest>,
+    request: Arc<ChatRequest>,
     inner: ChatStream,
     pending: VecDeque<ChatChunk>,
     schema: Option<Schema>,
@@ -56,7 +57,7 @@ struct State {
 pub(super) fn resilient(
     chain: Chain,
     (target, attempt): (ModelTarget, AttemptId),
-    request: ChatRequest,
+    request: Arc<ChatRequest>,
     inner: ChatStream,
     buffered: Vec<ChatChunk>,
     schema: Option<Schema>,
@@ -201,7 +202,7 @@ impl State {
             if left.is_zero() {
                 break;
             }
-            let mut req = self.request.clone();
+            let mut req = ChatRequest::clone(&self.request);
             // Vendors reject a prefill that ends in white space; the continuation supplies it.
             req.messages.push(Message::new(Role::Assistant, self.text.trim_end()));
             let started = Instant::now();
@@ -218,7 +219,7 @@ impl State {
                     self.earlier.output = self.earlier.output.saturating_add(used.output);
                     self.attempt = id;
                     self.attempt_text.clear();
-                    self.sent = req;
+                    self.sent = Arc::new(req);
                     self.inner = inner;
                     let trimmed = self.text.len() - self.text.trim_end().len();
                     self.pending = buffered.into_iter().filter(carries_token).collect();

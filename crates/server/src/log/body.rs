@@ -32,7 +32,7 @@ pub(super) fn kept(
 }
 
 /// `x-keel-tags: a,b` and `x-keel-metadata: {"k": "v"}` (a JSON object), kept with the row.
-pub(super) fn metadata(headers: &HeaderMap) -> Value {
+pub(crate) fn metadata(headers: &HeaderMap) -> Value {
     let mut out = serde_json::Map::new();
     if let Some(meta) = headers.get("x-keel-metadata").and_then(|v| v.to_str().ok()) {
         match serde_json::from_str::<Value>(meta) {

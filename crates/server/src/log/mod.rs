@@ -11,7 +11,11 @@
 //! bounded background waiters (`LogWriter::write_detached`).
 
 mod body;
+mod layer;
 mod watch;
+
+pub(crate) use body::metadata;
+pub(crate) use layer::{Inbound, LogLayer};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,19 +23,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::http::HeaderMap;
 use keel_config::BodyPolicy;
 use keel_pipeline::cost::{self, Prices, Tokens};
 use keel_pipeline::{
-    AttemptOutcome, AttemptRecord, Attempts, CacheOutcome, GatewayError, InboundApi, RequestContext, RequestId,
+    AttemptOutcome, AttemptRecord, Attempts, CacheOutcome, Endpoint, Operation, Principal, Prompt, RequestContext,
+    Settlement,
 };
 use keel_providers::ChatStream;
 use keel_store::{AttemptRow, CacheStatus, LogWriter, Outcome, Record};
-use keel_types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage};
+use keel_types::{ChatResponse, EmbeddingsResponse, Usage};
 use serde_json::Value;
 
 use crate::ApiError;
-use crate::auth::Admitted;
+use crate::arrival::Arrival;
 use crate::metrics::{AttemptLabels, CacheLabels, Metrics, ModelLabels, RequestLabels, TokenLabels};
 
 /// The request log's configuration and sinks, shared by all requests.
@@ -76,25 +80,21 @@ impl RequestLog {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Opens the entry of a request that just arrived.
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        id: &RequestId,
-        api: InboundApi,
-        endpoint: &'static str,
-        headers: &HeaderMap,
-    ) -> Entry {
+    /// Opens the entry of a request that just arrived, with its body as received (kept per the body policy).
+    pub(crate) fn start(self: &Arc<Self>, arrival: &Arrival, raw: &Bytes) -> Entry {
+        let ctx = &arrival.ctx;
+        let (key_id, tenant) = match &ctx.principal {
+            Some(Principal::Key(key)) => (Some(key.id.clone()), key.tenant.clone()),
+            Some(Principal::Admin) | None => (None, None),
+        };
         let record = Record {
-            id: id.0.to_string(),
-            client_request_id: crate::request_id::client_id(headers).map(str::to_string),
+            id: ctx.id.0.to_string(),
+            client_request_id: ctx.client.request_id.clone(),
             ts_ms: keel_store::now_ms(),
-            key_id: None,
-            tenant: None,
-            api: match api {
-                InboundApi::OpenAi => "openai".into(),
-                InboundApi::Anthropic => "anthropic".into(),
-            },
-            endpoint: endpoint.into(),
+            key_id,
+            tenant,
+            api: ctx.api.as_str().into(),
+            endpoint: ctx.endpoint.as_str().into(),
             model_requested: None,
             model_served: None,
             status: 0,
@@ -109,20 +109,34 @@ impl RequestLog {
             tokens_cached: None,
             cost_usd: None,
             cache: None,
-            request_body: None,
+            request_body: if raw.is_empty() { None } else { self.body(|| None, Some(raw)) },
             response_body: None,
-            metadata: body::metadata(headers),
+            metadata: arrival.metadata.clone(),
         };
         Entry {
             log: self.clone(),
             record: Some(record),
-            received: Instant::now(),
-            endpoint,
-            api,
-            attempts: None,
-            raw: Bytes::new(),
-            admitted: None,
+            received: ctx.received,
+            endpoint: ctx.endpoint,
+            attempts: ctx.attempts.clone(),
+            prompt: Prompt::default(),
+            settlement: ctx.settlement.clone(),
             cache: None,
+        }
+    }
+
+    /// Logs a request refused at the HTTP edge (identity), before it reached the request path; the row is
+    /// queued before the refusal is sent.
+    pub(crate) async fn refuse(self: &Arc<Self>, arrival: Arrival, err: &ApiError) {
+        self.start(&arrival, &Bytes::new()).reject(err, &class_of(err)).await;
+    }
+
+    /// As [`RequestLog::refuse`], for a refusal that must not wait for the log (admission control shedding
+    /// load).
+    pub(crate) fn refuse_detached(self: &Arc<Self>, arrival: Arrival, err: &ApiError) {
+        let mut entry = self.start(&arrival, &Bytes::new());
+        if let Some(r) = entry.rejected(err, &class_of(err)) {
+            entry.queue_detached(r);
         }
     }
 
@@ -137,15 +151,14 @@ pub(crate) struct Entry {
     /// `None` once finished.
     record: Option<Record>,
     received: Instant,
-    endpoint: &'static str,
-    api: InboundApi,
+    endpoint: Endpoint,
     /// The request's attempts, shared with the pipeline: a request cancelled mid-way still logs them.
-    attempts: Option<Attempts>,
-    /// The request body as received (reference-counted, not copied), for counting tokens a provider did not
-    /// report.
-    raw: Bytes,
-    /// A virtual key's reservation, settled with the real cost when the entry is finished.
-    admitted: Option<Admitted>,
+    attempts: Attempts,
+    /// The request's prompt, for counting tokens a provider did not report (counted once, shared).
+    prompt: Prompt,
+    /// The key's budget reservation (put there by the limits stage), settled with the real cost when the entry
+    /// is finished.
+    settlement: Settlement,
     /// How the response cache served the request, when it was consulted.
     cache: Option<CacheOutcome>,
 }
@@ -156,7 +169,7 @@ pub(crate) enum Answer<'a> {
     Chat(&'a ChatResponse),
     Embeddings(&'a EmbeddingsResponse),
     /// The error the client got and its class.
-    Failed(&'a ApiError, String),
+    Failed(&'a ApiError, &'a str),
 }
 
 /// What the answer itself says it consumed.
@@ -168,33 +181,20 @@ enum Reported<'a> {
 }
 
 impl Entry {
-    /// Keeps the request body per the body policy.
-    pub(crate) fn request(&mut self, raw: &Bytes) {
-        self.raw = raw.clone();
-        let body = self.log.body(|| None, Some(raw));
+    /// The request was parsed: its model, whether it streams, its caller's `user`, its prompt.
+    pub(crate) fn attach(&mut self, ctx: &RequestContext, op: &Operation) {
+        self.prompt = ctx.prompt.clone();
+        tracing::Span::current().record("gen_ai.request.model", op.model());
+        let user = match op {
+            Operation::Chat(r) => r.user.as_deref(),
+            Operation::Embeddings(r) => r.user.as_deref(),
+        };
         if let Some(r) = self.record.as_mut() {
-            r.request_body = body;
-        }
-    }
-
-    /// The request was parsed: its model, whether it streams, its context's attempts.
-    pub(crate) fn attach(&mut self, ctx: &RequestContext, stream: bool, user: Option<&str>) {
-        self.attempts = Some(ctx.attempts.clone());
-        tracing::Span::current().record("gen_ai.request.model", ctx.requested_model.as_str());
-        if let Some(r) = self.record.as_mut() {
-            r.model_requested = Some(ctx.requested_model.clone());
-            r.stream = stream;
+            r.model_requested = Some(op.model().to_string());
+            r.stream = op.streams();
             if let (Some(user), Value::Object(m)) = (user, &mut r.metadata) {
                 m.entry("user").or_insert_with(|| Value::String(user.to_string()));
             }
-        }
-    }
-
-    /// The caller, when a key was checked.
-    pub(crate) fn principal(&mut self, p: Option<&crate::auth::Principal>) {
-        if let (Some(r), Some(crate::auth::Principal::Key(key))) = (self.record.as_mut(), p) {
-            r.key_id = Some(key.id.clone());
-            r.tenant = key.tenant.clone();
         }
     }
 
@@ -203,31 +203,19 @@ impl Entry {
         self.cache = outcome;
     }
 
-    /// The key's reservation, to settle when the request ends.
-    pub(crate) fn admitted(&mut self, a: Option<Admitted>) {
-        self.admitted = a;
-    }
-
-    /// Refused before reaching the pipeline (unreadable body, invalid request, auth, limits): the row is queued
-    /// before the refusal is sent.
-    pub(crate) async fn reject(mut self, err: &ApiError) {
-        if let Some(r) = self.rejected(err) {
+    /// Refused before anything was done with it (unreadable body, invalid request, identity, the key's limits):
+    /// the row is queued before the refusal is sent.
+    pub(crate) async fn reject(mut self, err: &ApiError, class: &str) {
+        if let Some(r) = self.rejected(err, class) {
             self.queue(r).await;
         }
     }
 
-    /// As [`Entry::reject`], for a refusal that must not wait for the log (admission control shedding load).
-    pub(crate) fn reject_detached(mut self, err: &ApiError) {
-        if let Some(r) = self.rejected(err) {
-            self.queue_detached(r);
-        }
-    }
-
-    fn rejected(&mut self, err: &ApiError) -> Option<Record> {
+    fn rejected(&mut self, err: &ApiError, class: &str) -> Option<Record> {
         let mut r = self.record.take()?;
         r.status = err.status.as_u16();
         r.outcome = Outcome::Rejected;
-        r.error_class = Some(err.code.clone().unwrap_or_else(|| err.kind.to_string()));
+        r.error_class = Some(class.to_string());
         r.response_body = self.log.body(|| serde_json::to_value(err.openai_body()).ok(), None);
         let (r, _) = self.complete(r, Reported::Unknown { text: "" }, None);
         Some(r)
@@ -267,8 +255,7 @@ impl Entry {
                 match resp.usage.as_ref().map(|u| u.prompt_tokens).filter(|n| *n > 0) {
                     Some(input) => Reported::Usage(Tokens { input, ..Tokens::default() }),
                     None => {
-                        let input = serde_json::from_slice::<EmbeddingsRequest>(&self.raw)
-                            .map_or(0, |req| cost::count_embeddings_input(&resp.model, &req));
+                        let input = self.prompt.tokens(&resp.model);
                         Reported::Usage(Tokens { input, estimated: true, ..Tokens::default() })
                     }
                 }
@@ -276,7 +263,7 @@ impl Entry {
             Answer::Failed(err, class) => {
                 r.status = err.status.as_u16();
                 r.outcome = Outcome::Error;
-                r.error_class = Some(class);
+                r.error_class = Some(class.to_string());
                 r.response_body = self.log.body(|| serde_json::to_value(err.openai_body()).ok(), None);
                 Reported::Unknown { text: "" }
             }
@@ -314,17 +301,6 @@ impl Entry {
         }
     }
 
-    /// Prompt tokens counted from the request body, for a provider that reported no usage.
-    fn count_prompt(&self, model: &str) -> u64 {
-        let req = match self.api {
-            InboundApi::OpenAi => serde_json::from_slice::<ChatRequest>(&self.raw).ok(),
-            InboundApi::Anthropic => serde_json::from_slice::<keel_types::anthropic::MessagesRequest>(&self.raw)
-                .ok()
-                .and_then(|m| keel_translate::messages_request_to_chat(m).ok()),
-        };
-        req.map_or(0, |req| cost::count_chat_prompt(model, &req))
-    }
-
     /// Completes the row: who served it, every attempt, tokens and cost, the cache, latency; settles the key's
     /// reservation; updates the metrics. Returns the row and its cost.
     ///
@@ -333,7 +309,7 @@ impl Entry {
     /// answer reports, less those estimates (a continued stream's usage includes them), or, when nothing was
     /// reported (a provider without usage, a client that left), the prompt and the text delivered, counted.
     fn complete(&mut self, mut r: Record, reported: Reported<'_>, ttft: Option<f64>) -> (Record, Option<f64>) {
-        let attempts = self.attempts.as_ref().map(Attempts::snapshot).unwrap_or_default();
+        let attempts = self.attempts.snapshot();
         let serving = attempts.iter().rposition(|a| {
             matches!(a.outcome, AttemptOutcome::Ok | AttemptOutcome::FailedMidStream { .. } | AttemptOutcome::InFlight)
         });
@@ -365,7 +341,7 @@ impl Entry {
                         estimated: t.estimated,
                     },
                     (None, Reported::Unknown { text }) => Tokens {
-                        input: self.count_prompt(&a.model),
+                        input: self.prompt.tokens(&a.model),
                         output: cost::count_text(&a.model, text).saturating_sub(total.output),
                         cached: 0,
                         estimated: true,
@@ -411,9 +387,7 @@ impl Entry {
         r.ttft_ms = ttft;
         r.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
         self.observe(&r);
-        if let Some(a) = self.admitted.take() {
-            a.settle(r.cost_usd.unwrap_or(0.0), total.input + total.output);
-        }
+        self.settlement.settle(r.cost_usd.unwrap_or(0.0), total.input + total.output);
         let cost = r.cost_usd;
         (r, cost)
     }
@@ -458,7 +432,7 @@ impl Entry {
         };
         m.requests
             .get_or_create(&RequestLabels {
-                endpoint: self.endpoint,
+                endpoint: self.endpoint.as_str(),
                 model: model.clone(),
                 status: r.status,
                 outcome: r.outcome.as_str(),
@@ -530,15 +504,9 @@ fn cache_status(outcome: &CacheOutcome) -> CacheStatus {
     }
 }
 
-/// The class of a failure, for the log and the metrics.
-pub(crate) fn error_class(e: &GatewayError) -> String {
-    match e {
-        GatewayError::InvalidRequest(_) => "invalid_request".into(),
-        GatewayError::UnknownModel { .. } => "unknown_model".into(),
-        GatewayError::ProviderUnavailable(_) => "provider_unavailable".into(),
-        GatewayError::Provider(p) => p.kind.as_str().into(),
-        GatewayError::Overloaded { .. } => "overloaded".into(),
-    }
+/// The class of a refusal made at the HTTP edge: its code, else its type.
+fn class_of(err: &ApiError) -> String {
+    err.code.clone().unwrap_or_else(|| err.kind.to_string())
 }
 
 fn tokens_of(u: &Usage) -> Tokens {

@@ -1,0 +1,44 @@
+//! The request path of the API endpoints, in one function that reads top to bottom as a request flows.
+//!
+//! Before it, every route passes the HTTP layers of [`crate::router`], which act on the request's head alone,
+//! before its body is read, so that refusing is cheap: request id → header limits → instance admission →
+//! identity. Then the endpoint's handler parses the body in the API the client called and hands the request
+//! here; what comes back, it encodes in that API. Everything in between is a stage of this stack.
+
+use std::convert::Infallible;
+
+use keel_pipeline::{CacheLayer, Call, GatewayResponse, RouteLayer, RouteLimitLayer, ScopeLayer};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::keys::{AccessLayer, LimitsLayer};
+use crate::log::{Inbound, LogLayer};
+use crate::shutdown::ShutdownLayer;
+
+/// The assembled request path, cheap to clone per request.
+pub(crate) type Stack = BoxCloneSyncService<Inbound, GatewayResponse, Infallible>;
+
+/// The stages, outermost first. Adding a stage (a guardrail, retrieval) is adding its line here.
+pub(crate) fn request_path(p: &crate::Parts) -> Stack {
+    let stack = ServiceBuilder::new()
+        // Opens the log row and finishes it exactly once with what the client got: a refusal, an error, an
+        // answer and its cost, a stream's end, a disconnect. Outermost, so it sees every other stage's outcome.
+        .layer(LogLayer::new(p.log.clone()))
+        // A stream still open at the shutdown deadline ends with an error event (inside the log: its row says so).
+        .layer(ShutdownLayer(p.shutdown.clone()))
+        // Whose cache entries the request may use (the caller's tenant) and the cache mode it asked for.
+        .layer(ScopeLayer)
+        // A key names only its models: refused before the alias is looked up, so aliases cannot be probed.
+        .layer(AccessLayer)
+        // The model alias becomes its plan: targets in order, reliability policy, cache policy.
+        .layer(RouteLayer::new(p.routes.clone()))
+        // The key's rate limits and budgets; the worst case on the plan's targets is reserved, settled by the log.
+        .option_layer(p.auth.clone().map(LimitsLayer::new))
+        // At most N requests in flight per alias, a short queue, then 503: a stalled upstream holds its share.
+        .layer(RouteLimitLayer::new(p.route_limits.clone()))
+        // Exact and semantic answers, per the route's cache policy and the request's mode.
+        .option_layer(p.cache.clone().map(CacheLayer::new))
+        // Retries, fallbacks, timeouts, circuit breaking, streams that never end silently.
+        .service(Call::new(p.providers.clone(), p.breakers.clone()));
+    BoxCloneSyncService::new(stack)
+}
