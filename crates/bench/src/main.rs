@@ -46,7 +46,18 @@ struct Args {
 struct Sample {
     total: Duration,
     first_byte: Duration,
-    ok: bool,
+    fate: Fate,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// A complete answer (2xx, the whole body read).
+    Ok,
+    /// A clean refusal: 503 or 429 with `Retry-After` (load shedding).
+    Refused,
+    /// Anything else: an error status without `Retry-After`, a connection error, a broken body.
+    Error,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,8 +72,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(key) = &args.api_key {
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
     }
-    let client =
-        reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).default_headers(headers).build()?;
+    // An open loop against a slow server holds a connection per request in flight.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(120))
+        .default_headers(headers)
+        .build()?;
     // Unique across runs too: a second run must not find the first one's entries.
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let body_of = |i: u32| {
@@ -96,22 +113,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             one(&client, &url, body).await
         }));
     }
-    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut ttfb = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0u32;
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut ttfb = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut refusal = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut errors, mut refused, mut served) = (0u32, 0u32, 0u32);
     for (i, t) in tasks.into_iter().enumerate() {
         let s = t.await.context("request task")?;
         if (i as u32) < args.warmup {
             continue;
         }
-        if !s.ok {
-            errors += 1;
-            continue;
+        match s.fate {
+            Fate::Error => errors += 1,
+            Fate::Refused => {
+                refused += 1;
+                refusal.record(s.total.as_micros().max(1) as u64)?;
+            }
+            Fate::Ok => {
+                served += 1;
+                lat.record(s.total.as_micros().max(1) as u64)?;
+                ttfb.record(s.first_byte.as_micros().max(1) as u64)?;
+            }
         }
-        lat.record(s.total.as_micros().max(1) as u64)?;
-        ttfb.record(s.first_byte.as_micros().max(1) as u64)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let measured = f64::from(args.requests) / f64::from(args.rate);
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let out = serde_json::json!({
         "label": args.label,
@@ -119,7 +144,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "stream": args.stream,
         "requests": args.requests,
         "errors": errors,
+        "refused": refused,
+        "served": served,
         "achieved_rps": f64::from(total) / elapsed,
+        "served_rps": f64::from(served) / measured,
+        "refusal_p99_ms": ms(&refusal, 0.99),
         "p50_ms": ms(&lat, 0.50), "p99_ms": ms(&lat, 0.99), "p999_ms": ms(&lat, 0.999), "max_ms": lat.max() as f64 / 1000.0,
         "ttfb_p50_ms": ms(&ttfb, 0.50), "ttfb_p99_ms": ms(&ttfb, 0.99), "ttfb_p999_ms": ms(&ttfb, 0.999),
     });
@@ -129,12 +158,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn one(client: &reqwest::Client, url: &str, body: String) -> Sample {
     let started = Instant::now();
-    let fail = |started: Instant| Sample { total: started.elapsed(), first_byte: started.elapsed(), ok: false };
+    let end = |started: Instant, fate| Sample { total: started.elapsed(), first_byte: started.elapsed(), fate };
     let Ok(resp) = client.post(url).header("content-type", "application/json").body(body).send().await else {
-        return fail(started);
+        return end(started, Fate::Error);
     };
     if !resp.status().is_success() {
-        return fail(started);
+        let shed = matches!(resp.status().as_u16(), 429 | 503) && resp.headers().contains_key("retry-after");
+        let _ = resp.bytes().await;
+        return end(started, if shed { Fate::Refused } else { Fate::Error });
     }
     let mut stream = resp.bytes_stream();
     let mut first_byte = None;
@@ -144,9 +175,9 @@ async fn one(client: &reqwest::Client, url: &str, body: String) -> Sample {
                 first_byte.get_or_insert_with(|| started.elapsed());
             }
             Ok(_) => {}
-            Err(_) => return fail(started),
+            Err(_) => return end(started, Fate::Error),
         }
     }
     let total = started.elapsed();
-    Sample { total, first_byte: first_byte.unwrap_or(total), ok: true }
+    Sample { total, first_byte: first_byte.unwrap_or(total), fate: Fate::Ok }
 }
