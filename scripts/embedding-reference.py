@@ -6,7 +6,7 @@ described by the model's modules.json:
 
     Transformer (HF BertModel, max_seq_length 256) -> Pooling(mean) -> Normalize
 
-It is deliberately independent of keel's Rust/candle code: it reads the raw
+It is deliberately independent of keel's Rust code: it reads the raw
 safetensors weights and performs the BERT forward pass by hand, exactly as
 HF `BertModel` does in eval mode (no dropout):
 

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use keel_local::{BertEmbedder, ChatEngine, EmbedEngine, GenerateParams, LlamaEngine, OrtEmbedder};
+use keel_local::{ChatEngine, EmbedEngine, GenerateParams, LlamaEngine, OrtEmbedder};
 
 #[derive(Debug, Parser)]
 struct Args {
     /// The models directory (default: keel's).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// CPU threads for generation and for the ONNX Runtime encoder (candle uses every core).
+    /// CPU threads for generation and for the ONNX Runtime encoder.
     #[arg(long, default_value_t = 2)]
     threads: u32,
     /// Sentences for the embedding benchmark, one per line (default: built-in).
@@ -89,9 +89,6 @@ fn main() -> anyhow::Result<()> {
     let ort = OrtEmbedder::load(&minilm, &library, args.threads).context("loading all-MiniLM-L6-v2 on ONNX Runtime")?;
     embed_rows.push(bench_embed(&ort, t.elapsed(), &sentences)?);
     drop(ort);
-    let t = Instant::now();
-    let candle = BertEmbedder::load(&minilm).context("loading all-MiniLM-L6-v2 on candle")?;
-    embed_rows.push(bench_embed(&candle, t.elapsed(), &sentences)?);
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

@@ -16,8 +16,8 @@ pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRES
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, default_store};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
-    Config, DEFAULT_MAX_RESPONSE_BYTES, EmbeddingsEngine, LocalSettings, LogFormat, ModelAlias, ModelTarget,
-    ProviderConfig, ProviderId, ProviderKind, Secret, ServerConfig, default_max_in_flight,
+    Config, DEFAULT_MAX_RESPONSE_BYTES, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
+    ProviderKind, Secret, ServerConfig, default_max_in_flight,
 };
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.

@@ -110,8 +110,7 @@ pub struct RawProvider {
     pub max_response_bytes: Option<u64>,
     /// Local only: the context window in tokens (default: 2048, at most the model's training context).
     pub context_size: Option<u32>,
-    /// Local only: what runs embedding models: "auto" (default: ONNX Runtime when its library is there, else
-    /// candle), "onnxruntime" or "candle".
+    /// No longer a setting (the candle engine was removed); kept to say so clearly.
     pub embeddings_engine: Option<String>,
     /// Local only: the ONNX Runtime library (default: `$ORT_DYLIB_PATH`, else the one in the models directory).
     pub onnxruntime_library: Option<String>,

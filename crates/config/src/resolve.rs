@@ -178,18 +178,7 @@ pub struct LocalSettings {
     /// Embedding requests that may wait.
     pub embed_queue_depth: u32,
     pub context_size: u32,
-    pub embeddings_engine: EmbeddingsEngine,
     pub onnxruntime_library: Option<std::path::PathBuf>,
-}
-
-/// What runs local embedding models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EmbeddingsEngine {
-    /// ONNX Runtime when its library can be found, else candle.
-    #[default]
-    Auto,
-    OnnxRuntime,
-    Candle,
 }
 
 /// A secret value read from the environment. Its `Debug` does not show it.
@@ -450,18 +439,13 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
             }
         }
     }
-    let embeddings_engine = match raw.embeddings_engine.as_deref() {
-        None | Some("auto") => EmbeddingsEngine::Auto,
-        Some("onnxruntime") => EmbeddingsEngine::OnnxRuntime,
-        Some("candle") => EmbeddingsEngine::Candle,
-        Some(other) => {
-            errors.push(
-                path("embeddings_engine"),
-                format!("unknown engine {other:?} (expected \"auto\", \"onnxruntime\" or \"candle\")"),
-            );
-            EmbeddingsEngine::Auto
-        }
-    };
+    if raw.embeddings_engine.is_some() {
+        errors.push(
+            path("embeddings_engine"),
+            "no longer a setting: local embeddings run on ONNX Runtime (the candle engine was removed: 3x slower, \
+             and a tenth of keel's build); remove the line",
+        );
+    }
     let ms = |v: Option<u64>, default: u64, key: &str, errors: &mut Errors| match v {
         Some(0) => {
             errors.push(path(key), "must be greater than 0");
@@ -498,7 +482,6 @@ fn resolve_provider(name: &str, raw: RawProvider, env: &dyn Env, errors: &mut Er
             // Embeddings take milliseconds; the semantic cache asks for one per chat request.
             embed_queue_depth: raw.embed_queue_depth.unwrap_or(256).max(1),
             context_size: raw.context_size.unwrap_or(2048).max(64),
-            embeddings_engine,
             onnxruntime_library: raw.onnxruntime_library.map(std::path::PathBuf::from),
         },
     })

@@ -153,27 +153,22 @@ fn headers_expand_environment_references() {
 }
 
 #[test]
-fn local_embeddings_engine_is_chosen_or_refused_clearly() {
+fn the_onnxruntime_library_can_be_set_and_the_removed_engine_setting_is_refused_clearly() {
     let cfg = parse(
         r#"
         [providers.here]
         kind = "local"
-        embeddings_engine = "candle"
         onnxruntime_library = "/opt/ort/libonnxruntime.so"
-        [providers.auto]
-        kind = "local"
         "#,
         &env(),
     )
     .unwrap();
     let here = &cfg.providers[&ProviderId::from("here")].local;
-    assert_eq!(here.embeddings_engine, EmbeddingsEngine::Candle);
     assert_eq!(here.onnxruntime_library.as_deref(), Some(std::path::Path::new("/opt/ort/libonnxruntime.so")));
-    assert_eq!(cfg.providers[&ProviderId::from("auto")].local.embeddings_engine, EmbeddingsEngine::Auto);
     check_err(
-        "[providers.here]\nkind = \"local\"\nembeddings_engine = \"tensorflow\"\n",
+        "[providers.here]\nkind = \"local\"\nembeddings_engine = \"candle\"\n",
         expect![[
-            r#"providers.here.embeddings_engine: unknown engine "tensorflow" (expected "auto", "onnxruntime" or "candle")"#
+            r#"providers.here.embeddings_engine: no longer a setting: local embeddings run on ONNX Runtime (the candle engine was removed: 3x slower, and a tenth of keel's build); remove the line"#
         ]],
     );
 }

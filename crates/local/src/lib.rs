@@ -1,9 +1,8 @@
 //! Models that run inside keel's own process: chat on llama.cpp (GGUF), sentence embeddings from BERT
-//! safetensors on ONNX Runtime (or, without its library, on candle). Both hide behind small traits ([`ChatEngine`], [`EmbedEngine`]) and run on worker threads fed by
+//! safetensors on ONNX Runtime. Both hide behind small traits ([`ChatEngine`], [`EmbedEngine`]) and run on worker threads fed by
 //! bounded queues: on a small machine concurrent generations only slow each other down, so work waits its
 //! turn, and when the queue is full the request is refused at once (429), so that a route can fall over.
 
-mod bert;
 mod engine;
 mod llama;
 pub mod models;
@@ -13,7 +12,6 @@ mod sbert;
 mod text;
 mod worker;
 
-pub use bert::BertEmbedder;
 pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation, Sampling};
 pub use llama::LlamaEngine;
 pub use onnx::OrtEmbedder;

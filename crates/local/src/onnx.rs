@@ -5,7 +5,7 @@
 //! weights and `config.json` with ONNX Runtime's Model Editor API, with standard ONNX operators only (opset 20:
 //! `LayerNormalization`, exact-erf `Gelu`), and ONNX Runtime's own optimiser fuses it. The graph is ours because
 //! it is the part that decides correctness: the same maths as the Hugging Face BERT encoder, fused query/key/value
-//! projection, additive attention mask. Tokenization and pooling are shared with the candle engine (sbert.rs).
+//! projection, additive attention mask. Tokenization and pooling are in `sbert.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};

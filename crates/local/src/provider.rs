@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use keel_config::{EmbeddingsEngine, LocalSettings, ModelTarget, ProviderConfig, ProviderId};
+use keel_config::{LocalSettings, ModelTarget, ProviderConfig, ProviderId};
 use keel_providers::{ChatStream, Provider, ProviderError};
 use keel_types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Embedding, EmbeddingInput,
@@ -17,7 +17,7 @@ use keel_types::{
 
 use crate::engine::{ChatEngine, EmbedEngine, GenerateParams};
 use crate::worker::{Worker, WorkerStats};
-use crate::{BertEmbedder, LlamaEngine, LocalError, OrtEmbedder, models};
+use crate::{LlamaEngine, LocalError, OrtEmbedder, models};
 
 /// What a loaded local model does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,10 +83,10 @@ impl LocalProvider {
             return Ok(());
         }
         let path = models::resolve(name, &self.dir).await?;
-        let (choice, threads) = (self.settings.embeddings_engine, self.threads());
+        let threads = self.threads();
         let library = crate::onnx::find_library(self.settings.onnxruntime_library.as_deref(), &self.dir);
         let model = name.to_string();
-        let engine = tokio::task::spawn_blocking(move || load_embedder(&model, &path, choice, library, threads))
+        let engine = tokio::task::spawn_blocking(move || load_embedder(&model, &path, library, threads))
             .await
             .map_err(|e| LocalError::Engine(e.to_string()))??;
         if let Ok(mut m) = self.embed_engines.lock() {
@@ -132,35 +132,22 @@ impl LocalProvider {
     }
 }
 
-/// Loads an embedding model on the configured engine. "auto" takes ONNX Runtime (about 4x faster here, see
-/// docs/benchmarks.md) when its library is found and loads, and candle otherwise, saying so.
+/// Loads an embedding model on ONNX Runtime (its library from `keel models pull`, `$ORT_DYLIB_PATH` or
+/// `onnxruntime_library`).
 fn load_embedder(
     name: &str,
     path: &std::path::Path,
-    choice: EmbeddingsEngine,
     library: Option<PathBuf>,
     threads: u32,
 ) -> Result<Arc<dyn EmbedEngine>, LocalError> {
-    let missing = || {
+    let library = library.ok_or_else(|| {
         LocalError::ModelMissing(format!(
-            "the ONNX Runtime library {} was not found (run `keel models pull`, set ORT_DYLIB_PATH or \
-             onnxruntime_library, or choose embeddings_engine = \"candle\")",
+            "the ONNX Runtime library {} was not found: run `keel models pull` (it fetches it from the onnxruntime \
+             wheel), or set ORT_DYLIB_PATH or the provider's onnxruntime_library",
             crate::onnx::library_file_name()
         ))
-    };
-    let engine: Arc<dyn EmbedEngine> = match choice {
-        EmbeddingsEngine::Candle => Arc::new(BertEmbedder::load(path)?),
-        EmbeddingsEngine::OnnxRuntime => Arc::new(OrtEmbedder::load(path, &library.ok_or_else(missing)?, threads)?),
-        EmbeddingsEngine::Auto => {
-            match library.ok_or_else(missing).and_then(|l| OrtEmbedder::load(path, &l, threads)) {
-                Ok(engine) => Arc::new(engine),
-                Err(e) => {
-                    tracing::warn!(model = name, error = %e, "ONNX Runtime unavailable; embeddings run on candle (slower)");
-                    Arc::new(BertEmbedder::load(path)?)
-                }
-            }
-        }
-    };
+    })?;
+    let engine: Arc<dyn EmbedEngine> = Arc::new(OrtEmbedder::load(path, &library, threads)?);
     tracing::info!(model = name, engine = engine.engine(), "embedding model loaded");
     Ok(engine)
 }

@@ -39,8 +39,6 @@ fn default_positions() -> usize {
 pub struct SbertDir {
     pub dir: PathBuf,
     pub config: BertConfig,
-    /// The raw `config.json`, for engines that read more of it.
-    pub config_json: Vec<u8>,
     pub tokenizer: Tokenizer,
 }
 
@@ -81,7 +79,7 @@ impl SbertDir {
             .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| LocalError::Engine(format!("tokenizer: {e}")))?;
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
-        Ok(Self { dir: dir.to_path_buf(), config, config_json, tokenizer })
+        Ok(Self { dir: dir.to_path_buf(), config, tokenizer })
     }
 
     pub fn weights(&self) -> Result<Vec<u8>, LocalError> {
