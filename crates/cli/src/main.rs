@@ -426,7 +426,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         route_limits,
         breakers,
         log: Arc::new(log),
-        store,
+        store: store.map(|s| s as Arc<dyn keel_store::LogStore>),
         auth,
         admin,
         admission,

@@ -1,7 +1,7 @@
 //! keel under a burst it cannot serve at once: 2,000 concurrent streamed requests against an upstream that takes
 //! 2 s to answer. Every client gets an answer or a clean refusal (503 in the API's format, with `Retry-After`),
-//! keel's memory stays under a stated bound (docs/benchmarks.md), and the next request after the burst is
-//! served as usual.
+//! keel's memory stays under a stated bound (docs/benchmarks.md), the next request after the burst is served
+//! as usual, and every refusal is counted in /metrics and written to the request log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -53,6 +53,24 @@ async fn client(port: u16) -> Fate {
     } else {
         Fate::Other(answer.chars().take(300).collect())
     }
+}
+
+/// A GET over a fresh connection; the whole response.
+async fn get(port: u16, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The sum of a metric's samples whose labels include every one of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// keel's peak resident memory so far, in MiB (Linux).
@@ -108,8 +126,11 @@ async fn a_burst_of_2000_clients_gets_answers_or_clean_refusals_in_bounded_memor
     let peak = peak_rss_mib(child.id());
     // Right after the burst, keel serves as usual.
     let after = client(port).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let metrics = get(port, "/metrics").await;
+    // A graceful stop drains the request log before keel exits.
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exited.success(), "{exited:?}");
 
     let served = fates.iter().filter(|f| **f == Fate::Served).count();
     let refused = fates.iter().filter(|f| **f == Fate::Refused).count();
@@ -125,4 +146,26 @@ async fn a_burst_of_2000_clients_gets_answers_or_clean_refusals_in_bounded_memor
     assert!(refused > 0, "a burst beyond capacity is shed");
     assert!(peak < RSS_BOUND_MIB, "peak RSS {peak} MiB is over the bound of {RSS_BOUND_MIB} MiB");
     assert_eq!(after, Fate::Served, "the request after the burst is served");
+
+    // Every refusal is counted: by admission control (instance or alias), or by the connection limit.
+    let admission = metric_sum(&metrics, "keel_admission_decisions_total", &["outcome=\"refused\""]);
+    let connections = metric_sum(&metrics, "keel_connections_refused_total", &[]);
+    assert_eq!(admission + connections, refused as f64, "refusals in /metrics:\n{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "keel_requests_total", &["status=\"503\""]),
+        admission,
+        "the requests counter agrees with admission control"
+    );
+    // ... and every request is in the log: each refusal and each answer, with its status.
+    let url = format!("sqlite://{}/keel.db", dir.display());
+    let store = keel_store::open(&url).await.unwrap();
+    let count = |status: u16| {
+        let store = store.clone();
+        async move {
+            let q = keel_store::Query { status: Some(status), limit: Some(10_000), ..Default::default() };
+            keel_store::LogStore::query(&*store, &q).await.unwrap().len()
+        }
+    };
+    assert_eq!(count(503).await as f64, admission, "every refusal of admission control is logged");
+    assert_eq!(count(200).await, served + 1, "every answer is logged");
 }

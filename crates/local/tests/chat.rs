@@ -157,6 +157,51 @@ async fn an_abandoned_generation_stops_and_frees_the_worker() {
     assert_eq!(next.usage.unwrap().completion_tokens, 4);
 }
 
+/// The default queue takes a small burst: eight clients at once are all answered, none refused as busy.
+#[tokio::test]
+async fn the_default_queue_takes_a_burst_of_eight() {
+    let (p, t) = provider("").await;
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let (p, t) = (p.clone(), t.clone());
+            tokio::spawn(async move { p.chat(&t, request(json!({"temperature": 0, "max_tokens": 2}))).await })
+        })
+        .collect();
+    for c in burst {
+        let answer = c.await.unwrap();
+        assert!(answer.is_ok(), "{:?}", answer.err());
+    }
+    assert_eq!(p.stats().0.busy.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// A `max_tokens` far beyond the context window is capped at it: the answer ends with `length` when the
+/// window is full, never refused and never run past it.
+#[tokio::test]
+async fn max_tokens_beyond_the_context_window_is_capped_at_it() {
+    let path = common::model("smollm2");
+    let config = "[providers.local]\nkind = \"local\"\ncontext_size = 128\n";
+    let cfg = keel_config::parse(config, &HashMap::<String, String>::new()).unwrap();
+    let p = LocalProvider::new(&cfg.providers[&ProviderId::from("local")]).unwrap();
+    let name = path.to_str().unwrap().to_string();
+    p.load_chat(&name).await.unwrap();
+    let t = ModelTarget { provider: "local".into(), model: name, deployment: None, supports_prefill: false };
+    let r = p
+        .chat(
+            &t,
+            request(json!({
+                "temperature": 0,
+                "max_tokens": 4_000_000,
+                "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
+            })),
+        )
+        .await
+        .unwrap();
+    let usage = r.usage.clone().unwrap();
+    assert_eq!(r.choices[0].finish_reason, Some(FinishReason::Length), "{:?}", text(&r));
+    assert!(usage.prompt_tokens + usage.completion_tokens <= 128, "{usage:?} overruns the 128-token window");
+    assert!(usage.completion_tokens >= 64, "the window is used: {usage:?}");
+}
+
 #[tokio::test]
 async fn without_sampling_settings_the_models_recommended_ones_apply() {
     common::model("smollm2");

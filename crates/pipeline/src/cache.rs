@@ -147,6 +147,8 @@ pub struct CacheStats {
 /// How many answers may wait to be stored. Storing is an optimisation: when the queue is full, an answer is
 /// not stored (and counted), never waited for.
 const WRITE_QUEUE: usize = 1024;
+/// How many answers are stored at once.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// The queue of answers to store, drained by one task (up to 16 stores at once), off the request path.
 #[derive(Clone)]
@@ -167,12 +169,15 @@ struct Store {
 impl CacheParts {
     /// The cache's parts; starts the task that stores answers (on the current runtime).
     pub fn new(exact: Arc<dyn ExactBackend>, semantic: Option<Semantic>) -> Self {
-        use futures::StreamExt;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Store>(WRITE_QUEUE);
+        Self::with_queue(exact, semantic, WRITE_QUEUE)
+    }
+
+    fn with_queue(exact: Arc<dyn ExactBackend>, semantic: Option<Semantic>, queue: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Store>(queue);
         let stats = Arc::new(CacheStats::default());
         let items = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
         let counted = stats.clone();
-        tokio::spawn(items.for_each_concurrent(16, move |store| {
+        tokio::spawn(items.for_each_concurrent(WRITE_CONCURRENCY, move |store| {
             let stats = counted.clone();
             async move {
                 store.run().await;
@@ -532,5 +537,71 @@ impl Stream for Recording {
             }
         }
         Poll::Ready(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use keel_cache::CacheError;
+
+    use super::*;
+
+    /// An exact backend that never finishes a write (a stalled Redis).
+    #[derive(Default)]
+    struct Stalled {
+        writing: AtomicU64,
+    }
+
+    impl ExactBackend for Stalled {
+        fn get<'a>(&'a self, _: &'a Key) -> BoxFuture<'a, Result<Option<Arc<CachedAnswer>>, CacheError>> {
+            futures::future::ready(Ok(None)).boxed()
+        }
+
+        fn put(&self, _: Key, _: Arc<CachedAnswer>, _: std::time::Duration) -> BoxFuture<'_, Result<(), CacheError>> {
+            self.writing.fetch_add(1, Ordering::Relaxed);
+            futures::future::pending().boxed()
+        }
+
+        fn name(&self) -> &'static str {
+            "stalled"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_backend_holds_a_bounded_number_of_writes_and_the_rest_are_dropped_and_counted() {
+        let exact = Arc::new(Stalled::default());
+        let parts = CacheParts::with_queue(exact.clone(), None, 4);
+        let answer: ChatResponse = serde_json::from_value(serde_json::json!({
+            "id": "a", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]
+        }))
+        .unwrap();
+        let total = 100u64;
+        for i in 0..total {
+            let writer = Writer {
+                parts: parts.clone(),
+                key: Key([u8::try_from(i).unwrap(); 32]),
+                semantic: None,
+                ttl: std::time::Duration::from_secs(60),
+                served: Some(("p".into(), "m".into())),
+            };
+            writer.store(&answer);
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..1000 {
+            if exact.writing.load(Ordering::Relaxed) == WRITE_CONCURRENCY as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let writing = exact.writing.load(Ordering::Relaxed);
+        let queued = 4 - parts.writes.tx.capacity() as u64;
+        let dropped = parts.stats().writes_dropped.load(Ordering::Relaxed);
+        assert_eq!(writing, WRITE_CONCURRENCY as u64, "at most {WRITE_CONCURRENCY} writes wait on the backend");
+        assert_eq!(queued, 4, "the queue is full");
+        assert_eq!(writing + queued + dropped, total, "every answer is being written, queued or counted as dropped");
+        assert_eq!(parts.stats().stored.load(Ordering::Relaxed), 0);
     }
 }

@@ -207,6 +207,8 @@ impl Settle for Reserved {
 /// How many settlements may wait for the counters. A settlement is small (a reservation's ids and numbers); the
 /// bound only matters when the counters' backend (Redis) stalls for a long time.
 const SETTLE_QUEUE: usize = 16_384;
+/// How many settlements run at once.
+const SETTLE_CONCURRENCY: usize = 32;
 
 /// Settles budget reservations through one bounded queue, drained by a task that runs up to 32 settlements at
 /// once (one Redis round trip each, or an in-memory update). When the queue is full (the counters stalled),
@@ -221,10 +223,14 @@ pub struct Settler {
 impl Settler {
     /// Starts the settling task on the current runtime.
     pub fn spawn(counters: Arc<dyn Counters>) -> Self {
+        Self::with_queue(counters, SETTLE_QUEUE)
+    }
+
+    fn with_queue(counters: Arc<dyn Counters>, queue: usize) -> Self {
         use futures::StreamExt;
-        let (tx, rx) = tokio::sync::mpsc::channel::<(Reservation, f64, u64)>(SETTLE_QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Reservation, f64, u64)>(queue);
         let items = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        tokio::spawn(items.for_each_concurrent(32, move |(reservation, cost, tokens)| {
+        tokio::spawn(items.for_each_concurrent(SETTLE_CONCURRENCY, move |(reservation, cost, tokens)| {
             let counters = counters.clone();
             async move {
                 if let Err(e) = counters.settle(&reservation, cost, tokens).await {
@@ -249,5 +255,68 @@ impl Settler {
     /// Settlements dropped because the queue was full.
     pub fn dropped(&self) -> &Arc<std::sync::atomic::AtomicU64> {
         &self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use keel_limits::LimitsError;
+    use keel_store::KeyRecord;
+
+    use super::*;
+
+    /// Counters whose backend never answers (a stalled Redis): every settlement stays in flight.
+    #[derive(Default)]
+    struct Stalled {
+        settling: AtomicU64,
+    }
+
+    impl Counters for Stalled {
+        fn admit<'a>(&'a self, _: &'a KeyRecord, _: f64, _: i64) -> BoxFuture<'a, Result<Admission, LimitsError>> {
+            futures::future::pending().boxed()
+        }
+
+        fn settle<'a>(&'a self, _: &'a Reservation, _: f64, _: u64) -> BoxFuture<'a, Result<(), LimitsError>> {
+            self.settling.fetch_add(1, Ordering::Relaxed);
+            futures::future::pending().boxed()
+        }
+
+        fn spent<'a>(&'a self, _: &'a KeyRecord, _: i64) -> BoxFuture<'a, Result<(f64, f64), LimitsError>> {
+            futures::future::pending().boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_backend_holds_a_bounded_number_of_settlements_and_the_rest_are_dropped_and_counted() {
+        let counters = Arc::new(Stalled::default());
+        let settler = Settler::with_queue(counters.clone(), 4);
+        let reservation = Reservation {
+            key_id: "k".into(),
+            windows: vec!["d2026-12-03".into()],
+            estimate_nano: 1,
+            minute: 0,
+            counts_tokens: false,
+        };
+        let total = 200;
+        for _ in 0..total {
+            settler.settle(reservation.clone(), 0.5, 10);
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..1000 {
+            if counters.settling.load(Ordering::Relaxed) == SETTLE_CONCURRENCY as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let settling = counters.settling.load(Ordering::Relaxed);
+        let queued = 4 - settler.tx.capacity() as u64;
+        let dropped = settler.dropped().load(Ordering::Relaxed);
+        assert_eq!(settling, SETTLE_CONCURRENCY as u64, "at most {SETTLE_CONCURRENCY} settlements wait on the backend");
+        assert_eq!(queued, 4, "the queue is full");
+        assert_eq!(settling + queued + dropped, total, "every settlement is settling, queued or counted as dropped");
     }
 }

@@ -54,7 +54,7 @@ struct Inner {
     breakers: Breakers,
     log: Arc<RequestLog>,
     /// The request log's store, for `GET /admin/requests`; none when logging is off.
-    store: Option<Arc<dyn keel_store::Store>>,
+    store: Option<Arc<dyn keel_store::LogStore>>,
     /// Virtual keys and limits; none without a store.
     auth: Option<Arc<Auth>>,
     admin: AdminAccess,
@@ -95,7 +95,8 @@ pub struct Parts {
     /// Per-alias admission; empty: none.
     pub route_limits: RouteLimits,
     pub log: Arc<RequestLog>,
-    pub store: Option<Arc<dyn keel_store::Store>>,
+    /// The request log's store, read back by `GET /admin/requests`.
+    pub store: Option<Arc<dyn keel_store::LogStore>>,
     pub auth: Option<Arc<Auth>>,
     pub admin: AdminAccess,
     pub admission: Arc<Limiter>,

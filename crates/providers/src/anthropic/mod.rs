@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use eventsource_stream::Event;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use keel_config::{ModelTarget, ProviderConfig, ProviderId};
@@ -179,7 +178,7 @@ fn unix_now() -> u64 {
 }
 
 impl Decoder for AnthropicDecoder {
-    fn event(&mut self, event: Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+    fn event(&mut self, event: crate::sse::Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
         if event.data.trim().is_empty() {
             return Ok(());
         }

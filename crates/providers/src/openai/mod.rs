@@ -7,7 +7,6 @@ mod quirks;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use eventsource_stream::Event;
 use futures::future::BoxFuture;
 use keel_config::{ModelTarget, ProviderConfig, ProviderId};
 use keel_types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
@@ -187,7 +186,7 @@ impl OpenAiDecoder {
 }
 
 impl Decoder for OpenAiDecoder {
-    fn event(&mut self, event: Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
+    fn event(&mut self, event: crate::sse::Event, out: &mut VecDeque<ChatChunk>) -> Result<(), ProviderError> {
         let data = event.data.trim();
         if data == "[DONE]" {
             self.done = true;

@@ -1,18 +1,22 @@
 //! Server-sent events from an upstream response body, with transport failures classified.
 
+mod parse;
+
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 use keel_config::ProviderId;
 use keel_types::ChatChunk;
 
-use crate::http::{BoundedError, bounded_stream, error_chain};
+use crate::http::{BoundedError, bounded_stream};
 use crate::{ChatStream, ErrorKind, ProviderError};
 
+pub(crate) use parse::Event;
+
 /// The SSE events of a streamed body, at most `limit` bytes in all. A body that breaks mid-way yields one
-/// `StreamIncomplete` error; one that is not SSE, or too large, one `Protocol` error.
+/// `StreamIncomplete` error; one that is not UTF-8, or too large, one `Protocol` error; each after the events
+/// before it.
 fn events<S, E>(
     provider: ProviderId,
     body: S,
@@ -22,23 +26,64 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    bounded_stream(body, limit).eventsource().map(move |item| {
-        item.map_err(|e| {
-            let (kind, what) = match &e {
-                EventStreamError::Utf8(_) => (ErrorKind::Protocol, "invalid UTF-8 in stream"),
-                EventStreamError::Parser(_) => (ErrorKind::Protocol, "malformed server-sent events"),
-                EventStreamError::Transport(BoundedError::TooLarge(_) | BoundedError::LineTooLong) => {
-                    let mut err = ProviderError::new(&provider, ErrorKind::Protocol, e.to_string());
-                    err.code = Some("response_too_large".into());
-                    return err;
+    let state = Events {
+        body: Box::pin(bounded_stream(body, limit)),
+        parser: parse::Parser::default(),
+        ready: VecDeque::new(),
+        error: None,
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut st| {
+        let provider = provider.clone();
+        async move {
+            loop {
+                if let Some(event) = st.ready.pop_front() {
+                    return Some((Ok(event), st));
                 }
-                EventStreamError::Transport(BoundedError::Transport(_)) => {
-                    (ErrorKind::StreamIncomplete, "stream broke")
+                if let Some(e) = st.error.take() {
+                    return Some((Err(e), st));
                 }
-            };
-            ProviderError::new(&provider, kind, format!("{what}: {}", error_chain(&e)))
-        })
+                if st.done {
+                    return None;
+                }
+                match st.body.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Err(e) = st.parser.feed(&chunk, &mut st.ready) {
+                            st.error = Some(ProviderError::new(
+                                &provider,
+                                ErrorKind::Protocol,
+                                format!("invalid UTF-8 in stream: {e}"),
+                            ));
+                            st.done = true;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        st.error = Some(match &e {
+                            BoundedError::TooLarge(_) | BoundedError::LineTooLong => {
+                                let mut err = ProviderError::new(&provider, ErrorKind::Protocol, e.to_string());
+                                err.code = Some("response_too_large".into());
+                                err
+                            }
+                            BoundedError::Transport(_) => {
+                                ProviderError::new(&provider, ErrorKind::StreamIncomplete, format!("stream broke: {e}"))
+                            }
+                        });
+                    }
+                    None => st.done = true,
+                }
+            }
+        }
     })
+}
+
+/// The state of [`events`] between polls.
+struct Events<B> {
+    body: std::pin::Pin<Box<B>>,
+    parser: parse::Parser,
+    ready: VecDeque<Event>,
+    error: Option<ProviderError>,
+    done: bool,
 }
 
 /// Turns SSE events into canonical chunks for one vendor's stream format.
