@@ -14,78 +14,6 @@ use crate::{ChatStream, ErrorKind, ProviderError};
 
 pub(crate) use parse::Event;
 
-/// The SSE events of a streamed body, at most `limit` bytes in all. A body that breaks mid-way yields one
-/// `StreamIncomplete` error; one that is not UTF-8, or too large, one `Protocol` error; each after the events
-/// before it.
-fn events<S, E>(
-    provider: ProviderId,
-    body: S,
-    limit: u64,
-) -> impl Stream<Item = Result<Event, ProviderError>> + Send + 'static
-where
-    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let state = Events {
-        body: Box::pin(bounded_stream(body, limit)),
-        parser: parse::Parser::default(),
-        ready: VecDeque::new(),
-        error: None,
-        done: false,
-    };
-    futures::stream::unfold(state, move |mut st| {
-        let provider = provider.clone();
-        async move {
-            loop {
-                if let Some(event) = st.ready.pop_front() {
-                    return Some((Ok(event), st));
-                }
-                if let Some(e) = st.error.take() {
-                    return Some((Err(e), st));
-                }
-                if st.done {
-                    return None;
-                }
-                match st.body.next().await {
-                    Some(Ok(chunk)) => {
-                        if let Err(e) = st.parser.feed(&chunk, &mut st.ready) {
-                            st.error = Some(ProviderError::new(
-                                &provider,
-                                ErrorKind::Protocol,
-                                format!("invalid UTF-8 in stream: {e}"),
-                            ));
-                            st.done = true;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        st.done = true;
-                        st.error = Some(match &e {
-                            BoundedError::TooLarge(_) | BoundedError::LineTooLong => {
-                                let mut err = ProviderError::new(&provider, ErrorKind::Protocol, e.to_string());
-                                err.code = Some("response_too_large".into());
-                                err
-                            }
-                            BoundedError::Transport(_) => {
-                                ProviderError::new(&provider, ErrorKind::StreamIncomplete, format!("stream broke: {e}"))
-                            }
-                        });
-                    }
-                    None => st.done = true,
-                }
-            }
-        }
-    })
-}
-
-/// The state of [`events`] between polls.
-struct Events<B> {
-    body: std::pin::Pin<Box<B>>,
-    parser: parse::Parser,
-    ready: VecDeque<Event>,
-    error: Option<ProviderError>,
-    done: bool,
-}
-
 /// Turns SSE events into canonical chunks for one vendor's stream format.
 pub(crate) trait Decoder: Send + 'static {
     /// Handles one event, appending the chunks it produces. An error ends the stream after those chunks.
@@ -100,10 +28,16 @@ pub(crate) trait Decoder: Send + 'static {
     fn end_without_marker(&mut self, out: &mut VecDeque<ChatChunk>) -> bool;
 }
 
-struct State<S, D> {
-    events: S,
+/// The state of [`decode`] between polls: the body, the parser's events not yet decoded, the chunks not yet
+/// yielded, and how the body ended once it has.
+struct State<B, D> {
+    body: std::pin::Pin<Box<B>>,
+    parser: parse::Parser,
+    events: VecDeque<Event>,
     decoder: D,
     pending: VecDeque<ChatChunk>,
+    /// `None` while the body is open; then `Ok` for a clean end, or why it broke (after the events before it).
+    ended: Option<Result<(), ProviderError>>,
     error: Option<ProviderError>,
     finished: bool,
     provider: ProviderId,
@@ -129,9 +63,12 @@ where
     D: Decoder,
 {
     let state = State {
-        events: Box::pin(events(provider.clone(), body, limit)),
+        body: Box::pin(bounded_stream(body, limit)),
+        parser: parse::Parser::default(),
+        events: VecDeque::new(),
         decoder,
         pending: VecDeque::new(),
+        ended: None,
         error: None,
         finished: false,
         provider,
@@ -147,20 +84,22 @@ where
             if st.finished {
                 return None;
             }
-            match st.events.next().await {
-                Some(Ok(event)) => {
-                    if let Err(e) = st.decoder.event(event, &mut st.pending) {
-                        st.error = Some(e);
-                        st.finished = true;
-                    } else if st.decoder.is_complete() {
-                        st.finished = true;
-                    }
+            if let Some(event) = st.events.pop_front() {
+                if let Err(e) = st.decoder.event(event, &mut st.pending) {
+                    st.error = Some(e);
+                    st.finished = true;
+                } else if st.decoder.is_complete() {
+                    st.finished = true;
                 }
+                continue;
+            }
+            match st.ended.take() {
                 Some(Err(e)) => {
                     st.error = Some(e);
                     st.finished = true;
+                    continue;
                 }
-                None => {
+                Some(Ok(())) => {
                     st.finished = true;
                     if !st.decoder.is_complete() && !st.decoder.end_without_marker(&mut st.pending) {
                         st.error = Some(ProviderError::new(
@@ -169,9 +108,37 @@ where
                             "stream ended before the answer was complete (no end-of-stream marker)",
                         ));
                     }
+                    continue;
                 }
+                None => {}
             }
+            st.ended = match st.body.next().await {
+                Some(Ok(chunk)) => match st.parser.feed(&chunk, &mut st.events) {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(ProviderError::new(
+                        &st.provider,
+                        ErrorKind::Protocol,
+                        format!("invalid UTF-8 in stream: {e}"),
+                    ))),
+                },
+                Some(Err(e)) => Some(Err(broken(&st.provider, &e))),
+                None => Some(Ok(())),
+            };
         }
     })
     .boxed()
+}
+
+/// The error of a body that could not be read to its end: too large, or broken in transit.
+fn broken<E: std::error::Error>(provider: &ProviderId, e: &BoundedError<E>) -> ProviderError {
+    match e {
+        BoundedError::TooLarge(_) | BoundedError::LineTooLong => {
+            let mut err = ProviderError::new(provider, ErrorKind::Protocol, e.to_string());
+            err.code = Some("response_too_large".into());
+            err
+        }
+        BoundedError::Transport(_) => {
+            ProviderError::new(provider, ErrorKind::StreamIncomplete, format!("stream broke: {e}"))
+        }
+    }
 }
