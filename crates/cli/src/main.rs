@@ -4,6 +4,7 @@ mod cache;
 mod default_config;
 mod logs;
 mod metrics;
+mod rag;
 
 /// mimalloc: the gateway allocates many small, short-lived buffers per request; glibc's malloc showed up as
 /// a tenth of keel's CPU time under load.
@@ -50,6 +51,16 @@ enum Command {
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
+    },
+    /// Put files into a collection for retrieval (Markdown, HTML, plain text), incrementally: unchanged files
+    /// are skipped, changed ones replaced, deleted ones removed.
+    Ingest(rag::IngestArgs),
+    /// Search a collection: BM25, vector or hybrid.
+    Search(rag::SearchArgs),
+    /// Collections and retrieval evaluation.
+    Rag {
+        #[command(subcommand)]
+        command: rag::RagCommand,
     },
     /// Manage virtual keys (stored hashed in keel's store; a secret is shown once, at creation).
     Keys {
@@ -231,6 +242,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(cache::warm(&file, &url, api_key.as_deref(), concurrency, refresh))
         }
+        Command::Ingest(args) => exit(tokio::runtime::Runtime::new()?.block_on(rag::ingest(args))?),
+        Command::Search(args) => exit(tokio::runtime::Runtime::new()?.block_on(rag::search(args))?),
+        Command::Rag { command } => exit(tokio::runtime::Runtime::new()?.block_on(rag::command(command))?),
         Command::Keys { config, command } => {
             let store = store_url(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -241,6 +255,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+/// A process exit code from a command's status.
+fn exit(code: i32) -> anyhow::Result<std::process::ExitCode> {
+    Ok(std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 async fn keys_command(url: &str, command: KeysCommand) -> anyhow::Result<std::process::ExitCode> {
@@ -419,7 +438,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     say_admin_access(&admin, &cfg);
     let log =
         keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
+    let collections = rag::serving(&cfg, keel_pipeline::Call::new(providers.clone(), breakers.clone()), &routes)?;
     let state = keel_server::AppState::from_parts(keel_server::Parts {
+        collections,
         routes,
         providers,
         cache: Some(cache),

@@ -5,6 +5,7 @@
 
 mod cache;
 mod log;
+mod rag;
 mod raw;
 mod reliability;
 mod resolve;
@@ -13,7 +14,8 @@ mod toml_errors;
 use std::path::Path;
 
 pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
-pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, default_store};
+pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store};
+pub use rag::{DEFAULT_RAG_MODEL, RagConfig};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
     Config, DEFAULT_MAX_RESPONSE_BYTES, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,

@@ -65,14 +65,17 @@ pub struct Price {
     pub cached_input: f64,
 }
 
-/// The default store: `$KEEL_DATA_DIR/keel.db`, else `$XDG_DATA_HOME/keel/keel.db` (`~/.local/share/keel`).
-pub fn default_store(env: &dyn crate::Env) -> String {
-    let dir = env
-        .var("KEEL_DATA_DIR")
+/// keel's data directory: `$KEEL_DATA_DIR`, else `$XDG_DATA_HOME/keel` (`~/.local/share/keel`).
+pub fn data_dir(env: &dyn crate::Env) -> String {
+    env.var("KEEL_DATA_DIR")
         .or_else(|| env.var("XDG_DATA_HOME").map(|d| format!("{d}/keel")))
         .or_else(|| env.var("HOME").map(|h| format!("{h}/.local/share/keel")))
-        .unwrap_or_else(|| ".".into());
-    format!("sqlite://{dir}/keel.db")
+        .unwrap_or_else(|| ".".into())
+}
+
+/// The default store: `keel.db` in the data directory ([`data_dir`]).
+pub fn default_store(env: &dyn crate::Env) -> String {
+    format!("sqlite://{}/keel.db", data_dir(env))
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

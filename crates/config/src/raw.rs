@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, crate::log::RawPrice>,
     #[serde(default)]
     pub cache: crate::cache::RawCache,
+    #[serde(default)]
+    pub rag: crate::rag::RawRag,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

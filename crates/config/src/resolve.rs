@@ -21,6 +21,7 @@ pub struct Config {
     pub log: crate::log::LogConfig,
     pub auth: crate::log::AuthConfig,
     pub telemetry: crate::log::TelemetryConfig,
+    pub rag: crate::rag::RagConfig,
     pub prices: BTreeMap<String, crate::log::Price>,
     pub cache: crate::cache::CacheConfig,
 }
@@ -315,8 +316,12 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
             format!("unknown model alias {:?} (the embeddings model of the semantic cache)", cache.semantic_model),
         );
     }
+    let rag = crate::rag::resolve_rag(&raw.rag, env, &mut errors);
+    if rag.model_configured && !models.contains_key(&rag.model) {
+        errors.push("rag.model", format!("unknown model alias {:?} (the embeddings model of collections)", rag.model));
+    }
     if errors.0.is_empty() {
-        Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache })
+        Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache, rag })
     } else {
         Err(ConfigErrors(errors.0))
     }

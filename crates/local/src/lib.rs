@@ -16,6 +16,7 @@ pub use engine::{ChatEngine, EmbedEngine, GenerateParams, Generation, Sampling};
 pub use llama::LlamaEngine;
 pub use onnx::OrtEmbedder;
 pub use provider::{LocalProvider, ModelKind};
+pub use sbert::TokenCounter;
 pub use worker::WorkerStats;
 
 /// What can go wrong with a local model.

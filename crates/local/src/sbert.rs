@@ -136,3 +136,23 @@ pub fn mean_pool_normalize(hidden: &[f32], batch: &Batch, dims: usize) -> Result
     }
     Ok(out)
 }
+
+/// Counts tokens as a sentence-transformers model's tokenizer does (special tokens included, nothing
+/// truncated): what sizes the chunks of a collection embedded with that model.
+pub struct TokenCounter(Tokenizer);
+
+impl TokenCounter {
+    /// The tokenizer of the model directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, LocalError> {
+        let mut t = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| LocalError::ModelMissing(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
+        t.with_truncation(None).map_err(|e| LocalError::Engine(format!("tokenizer: {e}")))?;
+        t.with_padding(None);
+        Ok(Self(t))
+    }
+
+    /// Tokens in `text`; a text the tokenizer cannot read counts as one token per byte (never too few).
+    pub fn count(&self, text: &str) -> usize {
+        self.0.encode(text.trim(), true).map_or(text.len(), |e| e.get_ids().len())
+    }
+}

@@ -94,19 +94,24 @@ impl Embedder {
             user: None,
             extra: Default::default(),
         };
-        let mut resp = provider.embeddings(&self.target, req).await.map_err(EmbedError::Provider)?;
-        resp.data.sort_by_key(|e| e.index);
-        let vectors: Vec<Vec<f32>> = resp
-            .data
-            .iter()
-            .map(|e| e.embedding.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()))
-            .collect::<Option<_>>()
-            .ok_or(EmbedError::Encoding)?;
-        if vectors.len() != n {
-            return Err(EmbedError::Count { asked: n, got: vectors.len() });
-        }
-        Ok(vectors)
+        let resp = provider.embeddings(&self.target, req).await.map_err(EmbedError::Provider)?;
+        vectors_of(resp, n)
     }
+}
+
+/// The vectors of an embeddings response, in input order; an error unless there is one per input.
+pub(crate) fn vectors_of(mut resp: keel_types::EmbeddingsResponse, n: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+    resp.data.sort_by_key(|e| e.index);
+    let vectors: Vec<Vec<f32>> = resp
+        .data
+        .iter()
+        .map(|e| e.embedding.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()))
+        .collect::<Option<_>>()
+        .ok_or(EmbedError::Encoding)?;
+    if vectors.len() != n {
+        return Err(EmbedError::Count { asked: n, got: vectors.len() });
+    }
+    Ok(vectors)
 }
 
 /// Why the semantic layer's embeddings could not be had.
@@ -120,6 +125,9 @@ pub enum EmbedError {
     Encoding,
     #[error("asked for {asked} embeddings, got {got}")]
     Count { asked: usize, got: usize },
+    /// The request path failed (every target, after retries and fallbacks).
+    #[error("{0}")]
+    Failed(String),
     #[error("no embeddings within {0} ms")]
     Timeout(u128),
 }

@@ -13,6 +13,7 @@ mod cache;
 mod call;
 mod context;
 pub mod cost;
+mod embed;
 mod route;
 mod scope;
 
@@ -26,6 +27,7 @@ pub use context::{
     GatewayRequest, GatewayResponse, InboundApi, Operation, Output, Principal, Prompt, Rejection, RejectionKind,
     RequestContext, RequestId, Settle, Settlement,
 };
+pub use embed::{EmbedRouteError, RoutedEmbedder};
 pub use route::{RouteError, RouteLayer, RoutePlan, RouteTable};
 pub use scope::ScopeLayer;
 

@@ -18,6 +18,7 @@ mod limits;
 mod log;
 mod metrics;
 mod openai;
+mod rag;
 mod request_id;
 mod shutdown;
 mod stack;
@@ -61,6 +62,8 @@ struct Inner {
     /// Admission control for the whole instance.
     admission: Arc<Limiter>,
     shutdown: Shutdown,
+    /// Collections for `POST /v1/search`; none when retrieval is off.
+    collections: Option<Arc<keel_rag::Collections>>,
 }
 
 /// Who may use `/admin/*`.
@@ -101,6 +104,8 @@ pub struct Parts {
     pub admin: AdminAccess,
     pub admission: Arc<Limiter>,
     pub shutdown: Shutdown,
+    /// Collections for retrieval; none: retrieval off.
+    pub collections: Option<Arc<keel_rag::Collections>>,
 }
 
 impl Parts {
@@ -129,6 +134,7 @@ impl Parts {
             admin: AdminAccess::OpenOnLoopback,
             admission: Arc::new(Limiter::new(max, max / 4, Duration::from_secs(1))),
             shutdown: Shutdown::default(),
+            collections: None,
         }
     }
 }
@@ -157,6 +163,7 @@ impl AppState {
             admin: p.admin,
             admission: p.admission,
             shutdown: p.shutdown,
+            collections: p.collections,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -215,6 +222,9 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/metrics", get(admin::metrics))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/v1/search", post(rag::search))
+        .route("/admin/collections", get(rag::list))
+        .route("/admin/collections/{name}", axum::routing::delete(rag::delete))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))

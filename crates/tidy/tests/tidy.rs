@@ -90,6 +90,7 @@ fn layering() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("keel-limits", &["keel-store"][..]),
         ("keel-pipeline", &["keel-types", "keel-config", "keel-providers", "keel-cache", "keel-store"][..]),
         ("keel-local", &["keel-types", "keel-config", "keel-providers"][..]),
+        ("keel-rag", &[][..]),
         (
             "keel-server",
             &[
@@ -100,6 +101,7 @@ fn layering() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "keel-translate",
                 "keel-store",
                 "keel-limits",
+                "keel-rag",
             ][..],
         ),
         ("keel-testkit", &[][..]),
