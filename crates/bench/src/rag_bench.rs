@@ -7,6 +7,8 @@
 //! 3. Query latency per mode (the query's embedding included) at the set's size and at `--scale` chunks: the set's
 //!    chunks repeated (each copy's vector perturbed, its text tagged) until the collection holds that many.
 //!    Index size on disk and the vectors' memory.
+//! 4. With `--postgres URL` (PostgreSQL with pgvector, e.g. from `scripts/pgvector-server`), step 3 again on the
+//!    PostgreSQL index, with the same chunks and queries, in the same run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +21,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use keel_local::{EmbedEngine, OrtEmbedder, TokenCounter};
 use keel_rag::index::{NewChunk, SourceUpdate};
-use keel_rag::{Chunker, CollectionInfo, Embed, EmbeddedIndex, Filter, Index, Mode, Searcher, TokenCount, Update};
+use keel_rag::{
+    Chunker, CollectionInfo, Embed, EmbeddedIndex, Filter, Index, Mode, PgStore, Searcher, Store, TokenCount, Update,
+};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -36,6 +40,9 @@ struct Args {
     scale: usize,
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Also measure the PostgreSQL index (pgvector) at `--scale` chunks.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 struct Engine(Arc<OrtEmbedder>);
@@ -145,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     let searcher = Searcher::new(Arc::new(index.clone()), embed.clone(), keel_rag::fusion::Fusion::default())?;
     for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
         let (p50, p99) = latency(&searcher, &queries, mode).await?;
-        println!("{} chunks, {:>6}: p50 {p50:.2} ms, p99 {p99:.2} ms", index.stats().chunks, mode.as_str());
+        println!("{} chunks, {:>6}: p50 {p50:.2} ms, p99 {p99:.2} ms", index.stats().await?.chunks, mode.as_str());
     }
 
     // Scaled: the same chunks repeated until `scale`, each copy's vector perturbed.
@@ -158,12 +165,52 @@ async fn main() -> anyhow::Result<()> {
     };
     let big = EmbeddedIndex::open_or_create(&tmp, info("scaled"))?;
     let rss_before = rss_mib();
+    let made = scaled("embedded", Arc::new(big.clone()), &texts, &vectors, args.scale, &queries, &embed).await?;
+    println!(
+        "embedded, {made} chunks: {:.1} MiB on disk, vectors {:.1} MiB in memory (usearch), process RSS grew {:.1} MiB",
+        big.disk_bytes() as f64 / 1048576.0,
+        big.vector_memory_bytes() as f64 / 1048576.0,
+        rss_mib() - rss_before
+    );
+    if let Some(url) = &args.postgres {
+        let pg = PgStore::connect(url).await?;
+        let name = format!("keel-rag-bench-{}", std::process::id());
+        pg.delete(&name).await?;
+        let index = pg.open_or_create(info(&name)).await?;
+        let made = scaled("postgres", index, &texts, &vectors, args.scale, &queries, &embed).await?;
+        println!(
+            "postgres, {made} chunks: {:.1} MiB on disk (tables and indexes)",
+            pg.disk_bytes(&name).await? as f64 / 1048576.0
+        );
+        pg.delete(&name).await?;
+    }
+    let t = Instant::now();
+    for q in &queries {
+        embed.embed(vec![q.clone()]).await.map_err(anyhow::Error::msg)?;
+    }
+    println!("the query's embedding alone: mean {:.2} ms", t.elapsed().as_secs_f64() * 1000.0 / queries.len() as f64);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// A collection of `scale` chunks: the set's chunks repeated (each copy's text tagged, its vector perturbed),
+/// then timed per mode. Returns the chunks it holds.
+async fn scaled(
+    label: &str,
+    big: Arc<dyn Index>,
+    texts: &[String],
+    vectors: &[Vec<f32>],
+    scale: usize,
+    queries: &[String],
+    embed: &Arc<dyn Embed>,
+) -> anyhow::Result<usize> {
+    let n = texts.len();
     let t = Instant::now();
     let mut made = 0usize;
     let mut copy = 0u64;
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    while made < args.scale {
-        let take = (args.scale - made).min(n);
+    while made < scale {
+        let take = (scale - made).min(n);
         let chunks = (0..take)
             .map(|i| {
                 let text = format!("{} copy{copy}", texts[i]);
@@ -193,23 +240,11 @@ async fn main() -> anyhow::Result<()> {
         made += take;
         copy += 1;
     }
-    println!("scaled collection: {made} chunks built in {:.1} s (no embedding)", t.elapsed().as_secs_f64());
-    let searcher = Searcher::new(Arc::new(big.clone()), embed.clone(), keel_rag::fusion::Fusion::default())?;
+    println!("{label}: {made} chunks built in {:.1} s (no embedding)", t.elapsed().as_secs_f64());
+    let searcher = Searcher::new(big, embed.clone(), keel_rag::fusion::Fusion::default())?;
     for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
-        let (p50, p99) = latency(&searcher, &queries, mode).await?;
-        println!("{made} chunks, {:>6}: p50 {p50:.2} ms, p99 {p99:.2} ms", mode.as_str());
+        let (p50, p99) = latency(&searcher, queries, mode).await?;
+        println!("{label}, {made} chunks, {:>6}: p50 {p50:.2} ms, p99 {p99:.2} ms", mode.as_str());
     }
-    let t = Instant::now();
-    for q in &queries {
-        embed.embed(vec![q.clone()]).await.map_err(anyhow::Error::msg)?;
-    }
-    println!("the query's embedding alone: mean {:.2} ms", t.elapsed().as_secs_f64() * 1000.0 / queries.len() as f64);
-    println!(
-        "scaled collection: {:.1} MiB on disk, vectors {:.1} MiB in memory (usearch), process RSS grew {:.1} MiB",
-        big.disk_bytes() as f64 / 1048576.0,
-        big.vector_memory_bytes() as f64 / 1048576.0,
-        rss_mib() - rss_before
-    );
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(())
+    Ok(made)
 }

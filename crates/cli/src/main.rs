@@ -438,7 +438,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     say_admin_access(&admin, &cfg);
     let log =
         keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
-    let collections = rag::serving(&cfg, keel_pipeline::Call::new(providers.clone(), breakers.clone()), &routes)?;
+    let collections =
+        rag::serving(&cfg, keel_pipeline::Call::new(providers.clone(), breakers.clone()), &routes).await?;
     let state = keel_server::AppState::from_parts(keel_server::Parts {
         collections,
         routes,

@@ -1,5 +1,6 @@
-//! `keel ingest`, `keel search`, `keel rag eval|list|delete`: collections on the embedded index, embeddings
-//! through keel's own request path (the configured alias, its retries and fallbacks).
+//! `keel ingest`, `keel search`, `keel rag eval|list|delete`: collections on the embedded index or in
+//! PostgreSQL (`[rag] postgres`, `--postgres`), embeddings through keel's own request path (the configured
+//! alias, its retries and fallbacks).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use keel_rag::fusion::Fusion;
-use keel_rag::{Chunker, CollectionInfo, Embed, EmbeddedIndex, Filter, Index, Mode, Searcher, TokenCount};
+use keel_rag::{Chunker, Collections, Embed, EmbeddedStore, Filter, Mode, PgStore, Searcher, Store, TokenCount};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Common {
@@ -20,6 +21,10 @@ pub(crate) struct Common {
     /// Where collections live (default: `[rag] dir`, else `collections` in keel's data directory).
     #[arg(long, env = "KEEL_COLLECTIONS_DIR")]
     dir: Option<PathBuf>,
+    /// Keep collections in this PostgreSQL database (pgvector) instead of a directory (default: `[rag]
+    /// postgres`).
+    #[arg(long, env = "KEEL_RAG_POSTGRES")]
+    postgres: Option<String>,
     /// The embeddings model, a configured alias (default: `[rag] model`, else all-minilm-l6-v2).
     #[arg(long)]
     model: Option<String>,
@@ -46,15 +51,26 @@ pub(crate) struct IngestArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Chunking {
-    /// Smallest chunk, in the embedding model's tokens (a shorter section stays whole).
-    #[arg(long, default_value_t = 112)]
-    min_tokens: usize,
-    /// Largest chunk, in the embedding model's tokens.
-    #[arg(long, default_value_t = 224)]
-    max_tokens: usize,
-    /// Tokens shared by neighbouring chunks.
-    #[arg(long, default_value_t = 24)]
-    overlap: usize,
+    /// Smallest chunk, in the embedding model's tokens (a shorter section stays whole; default: `[rag]
+    /// min_tokens`, else 112).
+    #[arg(long)]
+    min_tokens: Option<usize>,
+    /// Largest chunk, in the embedding model's tokens (default: `[rag] max_tokens`, else 224).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Tokens shared by neighbouring chunks (default: `[rag] overlap_tokens`, else 24).
+    #[arg(long)]
+    overlap: Option<usize>,
+}
+
+impl Chunking {
+    fn sizes(&self, configured: keel_config::ChunkSizes) -> keel_config::ChunkSizes {
+        keel_config::ChunkSizes {
+            min_tokens: self.min_tokens.unwrap_or(configured.min_tokens),
+            max_tokens: self.max_tokens.unwrap_or(configured.max_tokens),
+            overlap_tokens: self.overlap.unwrap_or(configured.overlap_tokens),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,11 +145,17 @@ fn parse_fusion(s: &str) -> Result<Fusion, String> {
     Fusion::parse(s).ok_or_else(|| format!("unknown fusion {s:?} (rrf, rrf:K, mix:W)"))
 }
 
-fn root(common: &Common) -> anyhow::Result<PathBuf> {
-    match &common.dir {
-        Some(d) => Ok(d.clone()),
-        None => Ok(crate::load(common.config.as_deref())?.rag.dir),
-    }
+/// Where the collections live: `--postgres`, `[rag] postgres`, else the directory.
+async fn store(common: &Common) -> anyhow::Result<Arc<dyn Store>> {
+    let cfg = crate::load(common.config.as_deref())?;
+    store_of(common.postgres.clone().or(cfg.rag.postgres), common.dir.clone().unwrap_or(cfg.rag.dir)).await
+}
+
+async fn store_of(postgres: Option<String>, dir: PathBuf) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match postgres {
+        Some(url) => Arc::new(PgStore::connect(&url).await.context("opening the collections' PostgreSQL database")?),
+        None => Arc::new(EmbeddedStore::new(dir)),
+    })
 }
 
 /// Embeddings through the request path.
@@ -167,10 +189,11 @@ impl TokenCount for LocalTokens {
     }
 }
 
-/// The model's embedder and token counter.
+/// The model's embedder and token counter, and the configured chunk sizes.
 struct Setup {
     embed: Arc<dyn Embed>,
     counter: Arc<dyn TokenCount>,
+    sizes: keel_config::ChunkSizes,
 }
 
 async fn setup(common: &Common) -> anyhow::Result<Setup> {
@@ -187,7 +210,7 @@ async fn setup(common: &Common) -> anyhow::Result<Setup> {
     let local = cfg.providers.get(&target.provider).is_some_and(|p| p.kind == keel_config::ProviderKind::Local);
     let counter: Arc<dyn TokenCount> =
         if local { local_counter(&cfg, &target).await? } else { Arc::new(Tiktoken(target.model.clone())) };
-    Ok(Setup { embed: Arc::new(Routed(embedder)), counter })
+    Ok(Setup { embed: Arc::new(Routed(embedder)), counter, sizes: cfg.rag.chunks })
 }
 
 #[cfg(feature = "local")]
@@ -207,38 +230,8 @@ async fn local_counter(_: &keel_config::Config, _: &keel_config::ModelTarget) ->
     anyhow::bail!("local models need a keel built with them (cargo feature `local`)")
 }
 
-/// The vectors' size, from one embedding.
-async fn dims(embed: &dyn Embed) -> anyhow::Result<usize> {
-    let v = embed.embed(vec!["keel".into()]).await.map_err(anyhow::Error::msg).context("embedding a probe text")?;
-    v.first().map(Vec::len).filter(|d| *d > 0).context("the embeddings model returned no vector")
-}
-
-fn chunker(c: &Chunking, counter: Arc<dyn TokenCount>) -> anyhow::Result<Chunker> {
-    Ok(Chunker::new(c.min_tokens, c.max_tokens, c.overlap, counter)?)
-}
-
-/// Opens a collection for adding with this model, creating it when new; another model is an error.
-async fn open_for_writing(root: &std::path::Path, name: &str, setup: &Setup) -> anyhow::Result<EmbeddedIndex> {
-    let model = setup.embed.model();
-    match EmbeddedIndex::open(root, name) {
-        Ok(index) => {
-            let info = index.info();
-            if info.model != model {
-                return Err(keel_rag::RagError::ModelMismatch {
-                    collection: name.into(),
-                    stored: info.model,
-                    asked: model,
-                }
-                .into());
-            }
-            Ok(index)
-        }
-        Err(keel_rag::RagError::NoCollection(_)) => {
-            let dims = dims(setup.embed.as_ref()).await?;
-            Ok(EmbeddedIndex::open_or_create(root, CollectionInfo { name: name.into(), model, dims })?)
-        }
-        Err(e) => Err(e.into()),
-    }
+fn chunker(sizes: keel_config::ChunkSizes, counter: Arc<dyn TokenCount>) -> anyhow::Result<Chunker> {
+    Ok(Chunker::new(sizes.min_tokens, sizes.max_tokens, sizes.overlap_tokens, counter)?)
 }
 
 fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
@@ -258,25 +251,19 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--meta {k}=…: {k} is set by keel");
     }
     let setup = setup(&args.common).await?;
-    let root = root(&args.common)?;
-    let index = open_for_writing(&root, &args.collection, &setup).await?;
-    let chunker = chunker(&args.chunking, setup.counter.clone())?;
+    let chunker = chunker(args.chunking.sizes(setup.sizes), setup.counter.clone())?;
+    let collections = Collections::new(store(&args.common).await?, setup.embed.clone(), Fusion::default(), None);
+    let index = collections.writable(&args.collection).await?;
     let progress = bar(0, "embedding");
     let shown = progress.clone();
-    let report = keel_rag::ingest::ingest(
-        Arc::new(index.clone()),
-        setup.embed.clone(),
-        chunker,
-        &args.paths,
-        &meta,
-        &move |p| match p {
+    let report =
+        keel_rag::ingest::ingest(index.clone(), setup.embed.clone(), chunker, &args.paths, &meta, &move |p| match p {
             keel_rag::ingest::Progress::Planned { chunks, .. } => shown.set_length(chunks as u64),
             keel_rag::ingest::Progress::Embedded { chunks } => shown.set_position(chunks as u64),
-        },
-    )
-    .await?;
+        })
+        .await?;
     progress.finish_and_clear();
-    let stats = index.stats();
+    let stats = index.stats().await?;
     if args.json {
         let out = serde_json::json!({"collection": args.collection, "report": report, "collection_stats": stats});
         println!("{out}");
@@ -309,12 +296,12 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<i32> {
 
 pub(crate) async fn search(args: SearchArgs) -> anyhow::Result<i32> {
     let filter = Filter::parse(&args.filter)?;
-    let root = root(&args.common)?;
-    let index = EmbeddedIndex::open(&root, &args.collection)?;
+    let store = store(&args.common).await?;
+    store.open(&args.collection).await?;
     let setup = setup(&args.common).await?;
-    let searcher = Searcher::new(Arc::new(index), setup.embed, Fusion::default())?;
+    let collections = Collections::new(store, setup.embed, Fusion::default(), None);
     let started = Instant::now();
-    let hits = searcher.search(&args.query, args.mode, args.k, &filter).await?;
+    let hits = collections.search(&args.collection, &args.query, args.mode, args.k, &filter).await?;
     if args.json {
         println!("{}", serde_json::to_string(&hits)?);
         return Ok(0);
@@ -345,10 +332,7 @@ pub(crate) async fn search(args: SearchArgs) -> anyhow::Result<i32> {
 pub(crate) async fn command(command: RagCommand) -> anyhow::Result<i32> {
     match command {
         RagCommand::List { common } => {
-            let root = root(&common)?;
-            for info in keel_rag::embedded::list(&root)? {
-                let index = EmbeddedIndex::open(&root, &info.name)?;
-                let s = index.stats();
+            for (info, s) in store(&common).await?.list().await? {
                 println!(
                     "{}\t{}\t{} files\t{} chunks\t{} tokens",
                     info.name, info.model, s.sources, s.chunks, s.tokens
@@ -357,7 +341,7 @@ pub(crate) async fn command(command: RagCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         RagCommand::Delete { collection, common } => {
-            if keel_rag::embedded::delete(&root(&common)?, &collection)? {
+            if store(&common).await?.delete(&collection).await? {
                 println!("deleted {collection}");
                 Ok(0)
             } else {
@@ -369,8 +353,8 @@ pub(crate) async fn command(command: RagCommand) -> anyhow::Result<i32> {
     }
 }
 
-/// The collections `keel serve` searches, when the configured embeddings model exists.
-pub(crate) fn serving(
+/// The collections `keel serve` searches and adds documents to, when the configured embeddings model exists.
+pub(crate) async fn serving(
     cfg: &keel_config::Config,
     call: keel_pipeline::Call,
     routes: &keel_pipeline::RouteTable,
@@ -380,8 +364,14 @@ pub(crate) fn serving(
         return Ok(None);
     }
     let embedder = keel_pipeline::RoutedEmbedder::new(call, routes, &cfg.rag.model)?;
-    tracing::info!(dir = %cfg.rag.dir.display(), model = %cfg.rag.model, "collections served at /v1/search");
-    Ok(Some(Arc::new(keel_rag::Collections::new(cfg.rag.dir.clone(), Arc::new(Routed(embedder)), Fusion::default()))))
+    let target = routes.targets(&cfg.rag.model).and_then(|t| t.first()).cloned().context("the model has no target")?;
+    let local = cfg.providers.get(&target.provider).is_some_and(|p| p.kind == keel_config::ProviderKind::Local);
+    let counter: Arc<dyn TokenCount> =
+        if local { local_counter(cfg, &target).await? } else { Arc::new(Tiktoken(target.model.clone())) };
+    let store = store_of(cfg.rag.postgres.clone(), cfg.rag.dir.clone()).await?;
+    tracing::info!(store = %store.describe(), model = %cfg.rag.model, "collections served at /v1/search");
+    let chunker = chunker(cfg.rag.chunks, counter)?;
+    Ok(Some(Arc::new(Collections::new(store, Arc::new(Routed(embedder)), Fusion::default(), Some(chunker)))))
 }
 
 async fn eval(args: EvalArgs) -> anyhow::Result<i32> {
@@ -397,22 +387,21 @@ async fn eval(args: EvalArgs) -> anyhow::Result<i32> {
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
         .take(64)
         .collect();
-    let root = root(&args.common)?;
-    let index = open_for_writing(&root, &name, &setup).await?;
-    let chunker = chunker(&args.chunking, setup.counter.clone())?;
+    let sizes = args.chunking.sizes(setup.sizes);
+    let chunker = chunker(sizes, setup.counter.clone())?;
+    let collections = Collections::new(store(&args.common).await?, setup.embed.clone(), Fusion::default(), None);
+    let index = collections.writable(&name).await?;
     let started = Instant::now();
     let progress = bar(0, "embedding the corpus");
     let shown = progress.clone();
-    keel_rag::eval::ingest_corpus(Arc::new(index.clone()), setup.embed.clone(), &chunker, &data.corpus, &move |p| {
-        match p {
-            keel_rag::ingest::Progress::Planned { chunks, .. } => shown.set_length(chunks as u64),
-            keel_rag::ingest::Progress::Embedded { chunks } => shown.set_position(chunks as u64),
-        }
+    keel_rag::eval::ingest_corpus(index.clone(), setup.embed.clone(), &chunker, &data.corpus, &move |p| match p {
+        keel_rag::ingest::Progress::Planned { chunks, .. } => shown.set_length(chunks as u64),
+        keel_rag::ingest::Progress::Embedded { chunks } => shown.set_position(chunks as u64),
     })
     .await?;
     progress.finish_and_clear();
     let indexed = started.elapsed();
-    let searcher = Searcher::new(Arc::new(index.clone()), setup.embed.clone(), Fusion::default())?;
+    let searcher = Searcher::new(index.clone(), setup.embed.clone(), Fusion::default())?;
     let mut fusions = vec![Fusion::default(), Fusion::Rrf { k: 60.0 }];
     for f in &args.fusion {
         if !fusions.contains(f) {
@@ -425,7 +414,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<i32> {
     println!(
         "{dataset}: {} documents ({} chunks), {} queries, model {}",
         data.corpus.len(),
-        index.stats().chunks,
+        index.stats().await?.chunks,
         data.queries.len(),
         setup.embed.model()
     );
@@ -451,7 +440,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<i32> {
             "documents": data.corpus.len(),
             "queries": data.queries.len(),
             "model": setup.embed.model(),
-            "chunking": {"min_tokens": args.chunking.min_tokens, "max_tokens": args.chunking.max_tokens, "overlap": args.chunking.overlap},
+            "chunking": {"min_tokens": sizes.min_tokens, "max_tokens": sizes.max_tokens, "overlap": sizes.overlap_tokens},
             "results": rows,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&out)?)

@@ -1,6 +1,8 @@
 //! Retrieval as a user runs it, with the local all-MiniLM-L6-v2: `keel ingest` of the real document sets in
 //! ../shared/data (Markdown and HTML), incremental re-ingest, `keel search`, `POST /v1/search` on a running
-//! keel (errors in the API's format), and `keel rag eval` gating on a floor.
+//! keel (errors in the API's format), and `keel rag eval` gating on a floor. The two document sets are ingested
+//! and searched on both index implementations: the embedded default and PostgreSQL with pgvector
+//! (`KEEL_TEST_PGVECTOR_URL`, else `scripts/pgvector-server` starts one on 127.0.0.1:5433).
 #![cfg(feature = "local")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,13 +18,36 @@ fn shared(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name)
 }
 
+/// Where collections live in a test.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Embedded,
+    Postgres,
+}
+
+fn pgvector_url() -> String {
+    if let Ok(url) = std::env::var("KEEL_TEST_PGVECTOR_URL") {
+        return url;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pgvector-server");
+    let out = Command::new(&script).output().unwrap();
+    assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A data directory and a configuration with only the local embeddings model.
 fn setup(tag: &str) -> (PathBuf, PathBuf, u16) {
+    setup_on(tag, Backend::Embedded)
+}
+
+/// As [`setup`], with the collections on `backend` (`[rag] postgres` for PostgreSQL).
+fn setup_on(tag: &str, backend: Backend) -> (PathBuf, PathBuf, u16) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let dir = std::env::temp_dir().join(format!("keel-rag-{tag}-{}", std::process::id()));
+    let on = if backend == Backend::Postgres { "-pg" } else { "" };
+    let dir = std::env::temp_dir().join(format!("keel-rag-{tag}{on}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("keel.toml");
@@ -30,7 +55,11 @@ fn setup(tag: &str) -> (PathBuf, PathBuf, u16) {
         &cfg,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nenabled = false\n[providers.local]\nkind = \"local\"\n\
-             [models.all-minilm-l6-v2]\nprovider = \"local\"\nmodel = \"all-minilm-l6-v2\"\n"
+             [models.all-minilm-l6-v2]\nprovider = \"local\"\nmodel = \"all-minilm-l6-v2\"\n{}",
+            match backend {
+                Backend::Embedded => String::new(),
+                Backend::Postgres => format!("[rag]\npostgres = \"{}\"\n", pgvector_url()),
+            }
         ),
     )
     .unwrap();
@@ -64,9 +93,22 @@ fn sources(hits: &[Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_nodejs_docs_are_ingested_searched_and_served() {
-    let (dir, cfg, port) = setup("node");
+    nodejs_docs(Backend::Embedded).await
+}
+
+#[tokio::test]
+async fn the_nodejs_docs_are_ingested_searched_and_served_on_postgres() {
+    nodejs_docs(Backend::Postgres).await
+}
+
+async fn nodejs_docs(backend: Backend) {
+    let (dir, cfg, port) = setup_on("node", backend);
+    // PostgreSQL is shared: a name of this run's own.
+    let node = format!("node-{}", std::process::id());
+    let node = node.as_str();
+    let _ = keel(&dir, &cfg, &["rag", "delete", node]);
     let docs = shared("rag-docs-nodejs-18-api/files");
-    let first = ingest(&dir, &cfg, "node", &docs);
+    let first = ingest(&dir, &cfg, node, &docs);
     let r = &first["report"];
     assert_eq!(r["files"], 64, "{first}");
     assert_eq!(r["added"], 64);
@@ -76,14 +118,14 @@ async fn the_nodejs_docs_are_ingested_searched_and_served() {
     assert_eq!(first["collection_stats"]["chunks"].as_u64(), Some(chunks));
 
     // Nothing changed: nothing is embedded again.
-    let again = ingest(&dir, &cfg, "node", &docs);
+    let again = ingest(&dir, &cfg, node, &docs);
     assert_eq!(again["report"]["unchanged"], 64, "{again}");
     assert_eq!(again["report"]["chunks"], 0);
 
     // Known passages.
-    let hits = search(&dir, &cfg, "node", "read a file one line at a time with createInterface");
+    let hits = search(&dir, &cfg, node, "read a file one line at a time with createInterface");
     assert!(sources(&hits).contains(&"readline.md".to_string()), "{hits:?}");
-    let hits = search(&dir, &cfg, "node", "compute a SHA-256 HMAC digest");
+    let hits = search(&dir, &cfg, node, "compute a SHA-256 HMAC digest");
     assert!(sources(&hits).contains(&"crypto.md".to_string()), "{hits:?}");
     assert!(hits[0]["headings"].as_array().is_some_and(|h| !h.is_empty()), "{hits:?}");
 
@@ -114,7 +156,7 @@ async fn the_nodejs_docs_are_ingested_searched_and_served() {
         }
     };
     let (status, body) =
-        post(serde_json::json!({"collection": "node", "query": "spawn a child process and read its stdout", "k": 3}))
+        post(serde_json::json!({"collection": node, "query": "spawn a child process and read its stdout", "k": 3}))
             .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["mode"], "hybrid");
@@ -125,45 +167,62 @@ async fn the_nodejs_docs_are_ingested_searched_and_served() {
         assert!(h["score"].is_number() && h["text"].is_string() && h["start"].is_number() && h["end"].is_number());
     }
     let (status, body) =
-        post(serde_json::json!({"collection": "node", "query": "spawn", "filter": {"kind": "html"}})).await;
+        post(serde_json::json!({"collection": node, "query": "spawn", "filter": {"kind": "html"}})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 0, "a filter nothing matches: {body}");
     let (status, body) = post(serde_json::json!({"collection": "nope", "query": "x"})).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "collection_not_found", "{body}");
-    let (status, body) = post(serde_json::json!({"collection": "node", "query": "x", "k": 0})).await;
+    let (status, body) = post(serde_json::json!({"collection": node, "query": "x", "k": 0})).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "k", "{body}");
-    let (status, body) = post(serde_json::json!({"collection": "node", "query": "x", "mode": "fuzzy"})).await;
+    let (status, body) = post(serde_json::json!({"collection": node, "query": "x", "mode": "fuzzy"})).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = post(serde_json::json!({"collection": "node", "query": "x", "typo": 1})).await;
+    let (status, body) = post(serde_json::json!({"collection": node, "query": "x", "typo": 1})).await;
     assert_eq!(status, 400, "unknown fields are refused: {body}");
     let _ = child.kill();
     let _ = child.wait();
 
     let (code, out, _) = keel(&dir, &cfg, &["rag", "list"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("node\tall-minilm-l6-v2\t64 files"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("{node}\tall-minilm-l6-v2\t64 files"))), "{out}");
+    let (code, _, err) = keel(&dir, &cfg, &["rag", "delete", node]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = keel(&dir, &cfg, &["search", node, "spawn"]);
+    assert_ne!(code, 0, "a deleted collection is not searched");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_postgresql_html_manual_is_ingested_without_its_navigation() {
-    let (dir, cfg, _) = setup("pg");
-    let report = ingest(&dir, &cfg, "pg", &shared("rag-docs-postgresql-15-html/files"));
+    postgresql_manual(Backend::Embedded)
+}
+
+#[test]
+fn the_postgresql_html_manual_is_ingested_without_its_navigation_on_postgres() {
+    postgresql_manual(Backend::Postgres)
+}
+
+fn postgresql_manual(backend: Backend) {
+    let (dir, cfg, _) = setup_on("pg", backend);
+    let name = format!("pgdocs-{}", std::process::id());
+    let pg = name.as_str();
+    let _ = keel(&dir, &cfg, &["rag", "delete", pg]);
+    let report = ingest(&dir, &cfg, pg, &shared("rag-docs-postgresql-15-html/files"));
     let r = &report["report"];
     assert_eq!(r["files"], 1168, "{report}");
     assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{report}");
-    let hits = search(&dir, &cfg, "pg", "VACUUM reclaims storage occupied by dead tuples");
+    let hits = search(&dir, &cfg, pg, "VACUUM reclaims storage occupied by dead tuples");
     assert!(sources(&hits).iter().any(|s| s.contains("vacuum")), "{hits:?}");
-    let hits = search(&dir, &cfg, "pg", "create an index concurrently without locking out writes");
+    let hits = search(&dir, &cfg, pg, "create an index concurrently without locking out writes");
     assert!(sources(&hits).contains(&"sql-createindex.html".to_string()), "{hits:?}");
     // The "Prev / Up / Next" bars of every page are not indexed.
-    let (code, out, _) =
-        keel(&dir, &cfg, &["search", "pg", "Prev Up Next Home", "--mode", "bm25", "-k", "20", "--json"]);
+    let (code, out, _) = keel(&dir, &cfg, &["search", pg, "Prev Up Next Home", "--mode", "bm25", "-k", "20", "--json"]);
     assert_eq!(code, 0);
     let hits: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert!(hits.iter().all(|h| !h["text"].as_str().unwrap().contains("Prev")), "{hits:?}");
+    let (code, _, err) = keel(&dir, &cfg, &["rag", "delete", pg]);
+    assert_eq!(code, 0, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 
 pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store};
-pub use rag::{DEFAULT_RAG_MODEL, RagConfig};
+pub use rag::{ChunkSizes, DEFAULT_RAG_MODEL, MAX_GROUNDING_K, RagConfig, Retrieval, RetrievalMode};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
     Config, DEFAULT_MAX_RESPONSE_BYTES, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,

@@ -141,4 +141,6 @@ pub struct RawModel {
     pub cache: Option<crate::cache::RawModelCache>,
     /// Requests of this alias in flight at once, at most (default: three quarters of `server.max_in_flight`).
     pub max_in_flight: Option<u32>,
+    /// Grounded answers: the collection this alias retrieves from for every chat request.
+    pub rag: Option<crate::rag::RawModelRag>,
 }

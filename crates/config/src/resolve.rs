@@ -217,6 +217,8 @@ pub struct ModelAlias {
     /// Requests of this alias in flight at once, at most; `None`: three quarters of `server.max_in_flight`,
     /// so that one stalled upstream cannot take every slot.
     pub max_in_flight: Option<usize>,
+    /// Grounded answers: the collection every chat request of the alias retrieves from.
+    pub retrieval: Option<crate::rag::Retrieval>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -319,6 +321,19 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
     let rag = crate::rag::resolve_rag(&raw.rag, env, &mut errors);
     if rag.model_configured && !models.contains_key(&rag.model) {
         errors.push("rag.model", format!("unknown model alias {:?} (the embeddings model of collections)", rag.model));
+    }
+    let mut grounded: Vec<&str> = models.values().filter(|m| m.retrieval.is_some()).map(|m| m.name.as_str()).collect();
+    grounded.sort_unstable();
+    if let Some(first) = grounded.first()
+        && !models.contains_key(&rag.model)
+    {
+        errors.push(
+            format!("models.{first}.rag"),
+            format!(
+                "retrieval needs the collections' embeddings model: no model alias {:?} is configured ([rag] model)",
+                rag.model
+            ),
+        );
     }
     if errors.0.is_empty() {
         Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache, rag })
@@ -551,6 +566,7 @@ fn resolve_model(
             }
         }
     });
+    let retrieval = raw.rag.as_ref().and_then(|r| crate::rag::resolve_model_rag(name, r, errors));
     let id = ProviderId::from(provider.as_str());
     let model = raw.model.unwrap_or_else(|| name.to_string());
     // Anthropic's Messages API continues a trailing assistant message; OpenAI's chat API starts a new turn.
@@ -569,5 +585,6 @@ fn resolve_model(
             }
             n => n.map(|n| n as usize),
         },
+        retrieval,
     })
 }

@@ -243,3 +243,56 @@ fn bad_cache_settings_are_reported_with_their_paths() {
             cache.semantic.model: unknown model alias "all-minilm-l6-v2" (the embeddings model of the semantic cache)"#]],
     );
 }
+
+#[test]
+fn a_grounded_alias_names_its_collection_and_needs_the_embeddings_model() {
+    let cfg = parse(
+        r#"
+        [providers.openai]
+        api_key_env = "OPENAI_API_KEY"
+        [rag]
+        model = "emb"
+        [models.emb]
+        provider = "openai"
+        [models.support]
+        provider = "openai"
+        rag = { collection = "docs", k = 3, mode = "bm25" }
+        [models.plain]
+        provider = "openai"
+        "#,
+        &env(),
+    )
+    .unwrap();
+    let r = cfg.models["support"].retrieval.as_ref().unwrap();
+    assert_eq!((r.collection.as_str(), r.k, r.mode), ("docs", 3, RetrievalMode::Bm25));
+    assert_eq!(cfg.models["plain"].retrieval, None);
+
+    check_err(
+        r#"
+        [providers.openai]
+        api_key_env = "OPENAI_API_KEY"
+        [models.support]
+        provider = "openai"
+        rag = { collection = "../docs", k = 0, mode = "fuzzy" }
+        [models.other]
+        provider = "openai"
+        rag = { k = 2 }
+        "#,
+        expect![[r#"
+            models.other.rag.collection: required: the collection to answer from
+            models.support.rag.collection: "../docs" is not a collection name (letters, digits, -, _, .)"#]],
+    );
+    check_err(
+        r#"
+        [providers.openai]
+        api_key_env = "OPENAI_API_KEY"
+        [models.support]
+        provider = "openai"
+        rag = { collection = "docs", k = 21, mode = "fuzzy" }
+        "#,
+        expect![[r#"
+            models.support.rag.k: must be between 1 and 20
+            models.support.rag.mode: "fuzzy" is not one of bm25, vector, hybrid
+            models.support.rag: retrieval needs the collections' embeddings model: no model alias "all-minilm-l6-v2" is configured ([rag] model)"#]],
+    );
+}

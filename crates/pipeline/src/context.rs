@@ -148,6 +148,9 @@ pub struct RequestContext {
     /// What the request cost in USD when the provider's price is known; set by the log stage on a complete,
     /// non-streamed answer (a stream's cost is known only at its end, after the headers).
     pub cost_usd: Option<f64>,
+    /// The passages a grounded answer was given (`[models.X.rag]`), returned with it; set by the grounding
+    /// stage.
+    pub sources: Option<Arc<Vec<crate::ground::Passage>>>,
 }
 
 /// The attempt records of one request, shared with the stream that outlives the pipeline call. An attempt is
@@ -233,6 +236,7 @@ impl RequestContext {
             cache: None,
             settlement: Settlement::default(),
             cost_usd: None,
+            sources: None,
         }
     }
 
@@ -431,6 +435,7 @@ impl GatewayError {
             GatewayError::ProviderUnavailable(_) => "provider_unavailable",
             GatewayError::Provider(p) => p.kind.as_str(),
             GatewayError::Overloaded { .. } => "overloaded",
+            GatewayError::Retrieval { .. } => "retrieval_failed",
         }
     }
 
@@ -528,4 +533,8 @@ pub enum GatewayError {
     /// wait. Nothing was sent upstream.
     #[error("keel is at capacity{}; try again shortly", alias.as_ref().map(|a| format!(" for model {a:?}")).unwrap_or_default())]
     Overloaded { alias: Option<String>, retry_after: Duration },
+    /// A grounded route could not retrieve its passages; nothing was sent upstream (an answer without its
+    /// reference data would look grounded and not be).
+    #[error("retrieval from collection {collection:?} failed: {error}")]
+    Retrieval { collection: String, error: crate::ground::RetrieveError },
 }

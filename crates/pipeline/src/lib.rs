@@ -1,5 +1,5 @@
 //! The request path's stages that know nothing of HTTP, each a tower layer: scope (tenant and cache mode),
-//! route (alias to plan), per-alias admission, the response cache, and the call (retries, fallbacks, timeouts,
+//! route (alias to plan), per-alias admission, grounding (retrieved passages in the prompt), the response cache, and the call (retries, fallbacks, timeouts,
 //! circuit breaking, streams). The server composes them with its own stages (log, key checks, shutdown) in one
 //! function, `keel_server::stack`, which reads top to bottom as a request flows.
 //!
@@ -14,6 +14,7 @@ mod call;
 mod context;
 pub mod cost;
 mod embed;
+pub mod ground;
 mod route;
 mod scope;
 
@@ -28,6 +29,7 @@ pub use context::{
     RequestContext, RequestId, Settle, Settlement,
 };
 pub use embed::{EmbedRouteError, RoutedEmbedder};
+pub use ground::{GroundLayer, Passage, RetrieveError, Retriever};
 pub use route::{RouteError, RouteLayer, RoutePlan, RouteTable};
 pub use scope::ScopeLayer;
 

@@ -25,6 +25,8 @@ pub struct RoutePlan {
     /// of every cache key, so that a changed route never serves what the old one answered.
     pub fingerprint: String,
     pub cache: keel_config::CachePolicy,
+    /// Grounded answers: the collection every chat request retrieves from.
+    pub retrieval: Option<keel_config::Retrieval>,
 }
 
 /// A route that cannot be built.
@@ -59,6 +61,7 @@ impl RouteTable {
                 "context_fallback": a.context_fallback.iter().map(target).collect::<Vec<_>>(),
                 "schema": a.response_schema,
                 "max_repairs": a.reliability.max_repairs,
+                "rag": a.retrieval.as_ref().map(|r| (r.collection.as_str(), r.k, format!("{:?}", r.mode))),
             })
             .to_string();
             let plan = RoutePlan {
@@ -69,6 +72,7 @@ impl RouteTable {
                 context_fallback: a.context_fallback.clone(),
                 policy: a.reliability.clone(),
                 schema,
+                retrieval: a.retrieval.clone(),
             };
             map.insert(a.name.clone(), Arc::new(plan));
         }

@@ -20,7 +20,7 @@ use tantivy::schema::{
 };
 use tantivy::{IndexReader, ReloadPolicy, Term};
 
-use crate::index::{Filter, Index, SourceState, Stats, StoredChunk, Update};
+use crate::index::{Filter, Index, SourceState, Stats, Store, StoredChunk, Update};
 use crate::{CollectionInfo, RagError};
 
 const MANIFEST_VERSION: u32 = 1;
@@ -40,6 +40,14 @@ struct Manifest {
 impl Manifest {
     fn vectors_file(&self) -> String {
         format!("vectors-{}.usearch", self.generation)
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            sources: self.sources.len() as u64,
+            chunks: self.sources.values().map(|s| s.chunks).sum(),
+            tokens: self.sources.values().map(|s| s.tokens).sum(),
+        }
     }
 }
 
@@ -516,17 +524,19 @@ impl Index for EmbeddedIndex {
         self.manifest().map(|m| m.info).unwrap_or(CollectionInfo { name: String::new(), model: String::new(), dims: 0 })
     }
 
-    fn sources(&self) -> BTreeMap<String, SourceState> {
-        self.manifest().map(|m| m.sources).unwrap_or_default()
+    fn sources(&self) -> BoxFuture<'_, Result<BTreeMap<String, SourceState>, RagError>> {
+        let m = self.manifest().ok_or_else(|| RagError::Index("manifest lock poisoned".into()));
+        async move { Ok(m?.sources) }.boxed()
     }
 
-    fn stats(&self) -> Stats {
-        let Some(m) = self.manifest() else { return Stats::default() };
-        Stats {
-            sources: m.sources.len() as u64,
-            chunks: m.sources.values().map(|s| s.chunks).sum(),
-            tokens: m.sources.values().map(|s| s.tokens).sum(),
-        }
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, RagError>> {
+        let s = self.manifest().map(|m| m.stats());
+        async move { s.ok_or_else(|| RagError::Index("manifest lock poisoned".into())) }.boxed()
+    }
+
+    fn stale(&self) -> BoxFuture<'_, bool> {
+        let this = self.clone();
+        async move { tokio::task::spawn_blocking(move || this.is_stale()).await.unwrap_or(true) }.boxed()
     }
 
     fn apply(&self, update: Update) -> BoxFuture<'_, Result<(), RagError>> {
@@ -543,5 +553,64 @@ impl Index for EmbeddedIndex {
 
     fn chunks(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<Vec<StoredChunk>, RagError>> {
         blocking(&self.inner, move |i| i.chunks(&ids)).boxed()
+    }
+}
+
+/// Collections as directories under one root.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    root: PathBuf,
+}
+
+impl EmbeddedStore {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+}
+
+async fn off_runtime<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, RagError> + Send + 'static,
+) -> Result<T, RagError> {
+    tokio::task::spawn_blocking(job).await.map_err(|e| RagError::Index(format!("index task: {e}")))?
+}
+
+impl Store for EmbeddedStore {
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn Index>, RagError>> {
+        let (root, name) = (self.root.clone(), name.to_string());
+        off_runtime(move || EmbeddedIndex::open(&root, &name).map(|i| Arc::new(i) as Arc<dyn Index>)).boxed()
+    }
+
+    fn open_or_create(&self, info: CollectionInfo) -> BoxFuture<'_, Result<Arc<dyn Index>, RagError>> {
+        let root = self.root.clone();
+        off_runtime(move || {
+            let index = EmbeddedIndex::open_or_create(&root, info.clone())?;
+            crate::index::same_model(Arc::new(index), &info)
+        })
+        .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(CollectionInfo, Stats)>, RagError>> {
+        let root = self.root.clone();
+        off_runtime(move || {
+            let mut out = Vec::new();
+            for info in list(&root)? {
+                let stats = match EmbeddedIndex::open(&root, &info.name) {
+                    Ok(i) => i.manifest().map(|m| m.stats()),
+                    Err(_) => None,
+                };
+                out.push((info, stats.unwrap_or_default()));
+            }
+            Ok(out)
+        })
+        .boxed()
+    }
+
+    fn delete(&self, name: &str) -> BoxFuture<'_, Result<bool, RagError>> {
+        let (root, name) = (self.root.clone(), name.to_string());
+        off_runtime(move || delete(&root, &name)).boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded index under {}", self.root.display())
     }
 }

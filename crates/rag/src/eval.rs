@@ -160,7 +160,7 @@ pub async fn ingest_corpus(
     corpus: &[Doc],
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<(), RagError> {
-    let known = index.sources();
+    let known = index.sources().await?;
     let mut prepared = Vec::new();
     for d in corpus {
         let digest = hash(format!("{}\n{}", d.title, d.text).as_bytes());
@@ -198,7 +198,7 @@ pub async fn evaluate(
     dense_noise: f32,
     progress: &(dyn Fn(usize) + Send + Sync),
 ) -> Result<Vec<Row>, RagError> {
-    let sources = searcher.index.sources();
+    let sources = searcher.index.sources().await?;
     // Chunk id → document: ids of a source are one contiguous range.
     let mut ranges: Vec<(u64, u64, &str)> =
         sources.iter().map(|(s, st)| (st.first_id, st.first_id + st.chunks, s.as_str())).collect();

@@ -1,8 +1,10 @@
 //! The index behind one trait: a collection's chunks, searchable by keywords (BM25) and by vector, updated a
-//! source at a time in atomic steps. The embedded implementation is `embedded.rs` (tantivy + usearch, files
-//! under the data directory).
+//! source at a time in atomic steps; and the place collections live behind another ([`Store`]). The
+//! implementations: `embedded.rs` (tantivy + usearch, files under the data directory) and `pg.rs`
+//! (PostgreSQL with pgvector, shared by several keel instances).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -98,10 +100,14 @@ pub struct Stats {
 
 /// A collection's index.
 pub trait Index: Send + Sync {
+    /// What the collection is (fixed when it is created).
     fn info(&self) -> CollectionInfo;
     /// Every source with its state.
-    fn sources(&self) -> BTreeMap<String, SourceState>;
-    fn stats(&self) -> Stats;
+    fn sources(&self) -> BoxFuture<'_, Result<BTreeMap<String, SourceState>, RagError>>;
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, RagError>>;
+    /// Whether this handle no longer shows the collection as it is (another process committed a newer state
+    /// that the handle does not read by itself, or the collection was deleted or recreated): reopen it.
+    fn stale(&self) -> BoxFuture<'_, bool>;
     /// Applies an update atomically.
     fn apply(&self, update: Update) -> BoxFuture<'_, Result<(), RagError>>;
     /// The best `k` chunks by BM25 over text and headings: `(id, score)`, best first.
@@ -110,4 +116,35 @@ pub trait Index: Send + Sync {
     fn vector(&self, query: Vec<f32>, k: usize, filter: Filter) -> BoxFuture<'_, Result<Vec<(u64, f32)>, RagError>>;
     /// The chunks with these ids, in the same order (missing ones skipped).
     fn chunks(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<Vec<StoredChunk>, RagError>>;
+}
+
+/// Where collections live: a directory of embedded indexes, or a PostgreSQL database.
+pub trait Store: Send + Sync {
+    /// Opens a collection ([`RagError::NoCollection`] when there is none).
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn Index>, RagError>>;
+    /// Opens a collection, or creates an empty one as `info` says. An existing collection of another model
+    /// (or vector size) is [`RagError::ModelMismatch`] ([`RagError::Dimensions`]), and stays as it is.
+    fn open_or_create(&self, info: CollectionInfo) -> BoxFuture<'_, Result<Arc<dyn Index>, RagError>>;
+    /// Every collection with its size, by name.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<(CollectionInfo, Stats)>, RagError>>;
+    /// Deletes a collection; `false` if there was none.
+    fn delete(&self, name: &str) -> BoxFuture<'_, Result<bool, RagError>>;
+    /// Where, for logs and messages (no secrets).
+    fn describe(&self) -> String;
+}
+
+/// `index`, when it holds `asked`'s model and vector size: the check of [`Store::open_or_create`].
+pub(crate) fn same_model(index: Arc<dyn Index>, asked: &CollectionInfo) -> Result<Arc<dyn Index>, RagError> {
+    let stored = index.info();
+    if stored.model != asked.model {
+        return Err(RagError::ModelMismatch {
+            collection: stored.name,
+            stored: stored.model,
+            asked: asked.model.clone(),
+        });
+    }
+    if stored.dims != asked.dims {
+        return Err(RagError::Dimensions { want: stored.dims, got: asked.dims });
+    }
+    Ok(index)
 }

@@ -126,7 +126,7 @@ pub async fn ingest(
     let (files, ignored) = walk(&canonical_roots, &mut report.failed);
     report.ignored = ignored;
     report.files = files.len();
-    let known = index.sources();
+    let known = index.sources().await?;
     let mut seen = BTreeSet::new();
     let mut prepared = Vec::new();
     for (path, kind) in files {

@@ -1,6 +1,6 @@
 //! Retrieval-augmented generation: documents into chunks (`extract`, `chunk`), chunks into an index with a
 //! keyword side (BM25) and a vector side (HNSW) behind one trait (`index`, with the embedded implementation in
-//! `embedded`), queries answered by either side or by both fused (`search`, `fusion`), collections kept up to
+//! `embedded` and the PostgreSQL one, pgvector, in `pg`), queries answered by either side or by both fused (`search`, `fusion`), collections kept up to
 //! date incrementally (`ingest`), and retrieval measured on BEIR-layout data (`eval`).
 //!
 //! Nothing here knows HTTP or a provider: embeddings come through the [`Embed`] trait, which the binary
@@ -14,6 +14,7 @@ pub mod extract;
 pub mod fusion;
 pub mod index;
 pub mod ingest;
+pub mod pg;
 pub mod search;
 
 use futures::future::BoxFuture;
@@ -21,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{Chunk, Chunker, TokenCount};
 pub use collections::Collections;
-pub use embedded::EmbeddedIndex;
-pub use index::{Filter, Index, NewChunk, SourceState, Update};
+pub use embedded::{EmbeddedIndex, EmbeddedStore};
+pub use index::{Filter, Index, NewChunk, SourceState, Store, Update};
+pub use pg::PgStore;
 pub use search::{Hit, Mode, Searcher};
 
 /// Computes embeddings for texts, one vector per text, in order.

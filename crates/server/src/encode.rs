@@ -1,6 +1,8 @@
 //! A gateway response in the shape of the API the client called: the answer whole (JSON) or as server-sent
 //! events, or the error in the API's error format; with keel's response headers (`x-keel-served-by`,
-//! `x-keel-attempts`, `x-keel-cost-usd`, `x-keel-cache`, `x-keel-cache-similarity`).
+//! `x-keel-attempts`, `x-keel-cost-usd`, `x-keel-cache`, `x-keel-cache-similarity`). A grounded answer carries
+//! the passages it was given as `sources`: a field of the completion (OpenAI) or message (Anthropic), and of
+//! the first chunk (OpenAI) or the `message_start` event's message (Anthropic) of a stream.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
@@ -13,9 +15,15 @@ use crate::{ApiError, stream};
 /// stream reaches the client only when it asked for it (`wants_usage`).
 pub(crate) fn openai(resp: GatewayResponse, wants_usage: bool) -> Response {
     let GatewayResponse { ctx, result } = resp;
+    let sources = sources(&ctx);
     let mut out = match result {
-        Ok(Output::Chat(r)) => Json(r).into_response(),
-        Ok(Output::ChatStream(s)) => stream::openai(s, wants_usage),
+        Ok(Output::Chat(mut r)) => {
+            if let Some(s) = sources {
+                r.extra.insert("sources".into(), s);
+            }
+            Json(r).into_response()
+        }
+        Ok(Output::ChatStream(s)) => stream::openai(s, wants_usage, sources),
         Ok(Output::Embeddings(r)) => Json(r).into_response(),
         Err(e) => ApiError::from(e).into_response_for(InboundApi::OpenAi),
     };
@@ -27,14 +35,29 @@ pub(crate) fn openai(resp: GatewayResponse, wants_usage: bool) -> Response {
 /// error.
 pub(crate) fn anthropic(resp: GatewayResponse) -> Response {
     let GatewayResponse { ctx, result } = resp;
+    let sources = sources(&ctx);
     let mut out = match result {
-        Ok(Output::Chat(r)) => Json(keel_translate::chat_response_to_messages(r)).into_response(),
-        Ok(Output::ChatStream(s)) => stream::anthropic(s, ctx.id.clone(), ctx.requested_model.clone()),
+        Ok(Output::Chat(r)) => {
+            let message = keel_translate::chat_response_to_messages(r);
+            match (sources, serde_json::to_value(&message)) {
+                (Some(s), Ok(serde_json::Value::Object(mut m))) => {
+                    m.insert("sources".into(), s);
+                    Json(m).into_response()
+                }
+                _ => Json(message).into_response(),
+            }
+        }
+        Ok(Output::ChatStream(s)) => stream::anthropic(s, ctx.id.clone(), ctx.requested_model.clone(), sources),
         Ok(Output::Embeddings(_)) => internal("the pipeline answered a Messages request with embeddings"),
         Err(e) => ApiError::from(e).into_response_for(InboundApi::Anthropic),
     };
     headers(&mut out, &ctx);
     out
+}
+
+/// The passages of a grounded answer, as JSON.
+fn sources(ctx: &RequestContext) -> Option<serde_json::Value> {
+    ctx.sources.as_ref().and_then(|s| serde_json::to_value(&**s).ok())
 }
 
 /// A bug in keel, reported as one (500 in the OpenAI error format) and logged.

@@ -115,6 +115,22 @@ impl From<GatewayError> for ApiError {
                     .code("overloaded")
                 }
             }
+            GatewayError::Retrieval { collection, error } => {
+                let message = format!("retrieval for this model failed: collection `{collection}`: {error}");
+                match error {
+                    keel_pipeline::RetrieveError::NoCollection(_) => {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+                            .code("collection_not_found")
+                    }
+                    keel_pipeline::RetrieveError::Misconfigured(_) => {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+                            .code("retrieval_misconfigured")
+                    }
+                    keel_pipeline::RetrieveError::Failed(_) => {
+                        ApiError::new(StatusCode::BAD_GATEWAY, "api_error", message).code("retrieval_failed")
+                    }
+                }
+            }
         }
     }
 }

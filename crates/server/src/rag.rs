@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keel_pipeline::InboundApi;
-use keel_rag::{Filter, Mode, RagError};
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use keel_config::RetrievalMode;
+use keel_pipeline::{InboundApi, Passage, RetrieveError, Retriever};
+use keel_rag::{Collections, Filter, Mode, RagError};
 use serde::Deserialize;
 
 use crate::body::RawBody;
@@ -31,7 +36,7 @@ struct SearchRequest {
     filter: BTreeMap<String, String>,
 }
 
-fn collections(app: &AppState) -> Result<&keel_rag::Collections, ApiError> {
+pub(crate) fn collections(app: &AppState) -> Result<&keel_rag::Collections, ApiError> {
     app.inner.collections.as_deref().ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         ..ApiError::invalid("retrieval is off: no embeddings model for collections is configured ([rag] model)", None)
@@ -40,7 +45,7 @@ fn collections(app: &AppState) -> Result<&keel_rag::Collections, ApiError> {
 }
 
 /// A retrieval error in the API's format.
-fn api_error(e: RagError) -> ApiError {
+pub(crate) fn api_error(e: RagError) -> ApiError {
     let message = e.to_string();
     match e {
         RagError::NoCollection(_) => ApiError {
@@ -59,6 +64,52 @@ fn api_error(e: RagError) -> ApiError {
             tracing::error!(error = %message, "retrieval failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message)
         }
+    }
+}
+
+/// The grounding stage's view of the collections.
+pub(crate) fn retriever(collections: Arc<Collections>) -> Arc<dyn Retriever> {
+    Arc::new(Grounding(collections))
+}
+
+struct Grounding(Arc<Collections>);
+
+impl Retriever for Grounding {
+    fn retrieve(
+        &self,
+        collection: String,
+        query: String,
+        mode: RetrievalMode,
+        k: usize,
+    ) -> BoxFuture<'_, Result<Vec<Passage>, RetrieveError>> {
+        let mode = match mode {
+            RetrievalMode::Bm25 => Mode::Bm25,
+            RetrievalMode::Vector => Mode::Vector,
+            RetrievalMode::Hybrid => Mode::Hybrid,
+        };
+        async move {
+            let hits = self.0.search(&collection, &query, mode, k, &Filter::default()).await.map_err(|e| match e {
+                RagError::NoCollection(name) => RetrieveError::NoCollection(name),
+                e @ (RagError::ModelMismatch { .. } | RagError::Dimensions { .. } | RagError::BadName(_)) => {
+                    RetrieveError::Misconfigured(e.to_string())
+                }
+                e => RetrieveError::Failed(e.to_string()),
+            })?;
+            Ok(hits
+                .into_iter()
+                .map(|h| Passage {
+                    index: 0,
+                    collection: collection.clone(),
+                    source: h.source,
+                    headings: h.headings,
+                    start: h.start,
+                    end: h.end,
+                    score: h.score,
+                    text: h.text,
+                })
+                .collect())
+        }
+        .boxed()
     }
 }
 

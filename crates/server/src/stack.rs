@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 
-use keel_pipeline::{CacheLayer, Call, GatewayResponse, RouteLayer, RouteLimitLayer, ScopeLayer};
+use keel_pipeline::{CacheLayer, Call, GatewayResponse, GroundLayer, RouteLayer, RouteLimitLayer, ScopeLayer};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -36,6 +36,9 @@ pub(crate) fn request_path(p: &crate::Parts) -> Stack {
         .option_layer(p.auth.clone().map(LimitsLayer::new))
         // At most N requests in flight per alias, a short queue, then 503: a stalled upstream holds its share.
         .layer(RouteLimitLayer::new(p.route_limits.clone()))
+        // A grounded alias: passages retrieved for the conversation go into the prompt as reference data, and
+        // back to the client as `sources`. Before the cache, so that a cached answer is keyed on its passages.
+        .layer(GroundLayer::new(p.collections.clone().map(crate::rag::retriever)))
         // Exact and semantic answers, per the route's cache policy and the request's mode.
         .option_layer(p.cache.clone().map(CacheLayer::new))
         // Retries, fallbacks, timeouts, circuit breaking, streams that never end silently.

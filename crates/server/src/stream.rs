@@ -16,9 +16,13 @@ use crate::ApiError;
 /// An OpenAI stream: `data: <chunk>` per chunk, `data: [DONE]` after a complete answer, or a final
 /// `data: {"error": …}` when the answer cannot be completed. Keel always asks upstreams for usage; the usage
 /// chunk reaches the client only when it asked for it (`stream_options.include_usage`).
-pub(crate) fn openai(upstream: ChatStream, wants_usage: bool) -> Response {
+/// `sources` (a grounded answer's passages) ride on the first chunk.
+pub(crate) fn openai(upstream: ChatStream, wants_usage: bool, mut sources: Option<serde_json::Value>) -> Response {
     let body = async_stream(upstream, move |item, out| match item {
         Some(Ok(mut chunk)) => {
+            if let Some(s) = sources.take() {
+                chunk.extra.insert("sources".into(), s);
+            }
             if !wants_usage {
                 if chunk.choices.is_empty() && chunk.usage.is_some() {
                     return false;
@@ -41,8 +45,13 @@ pub(crate) fn openai(upstream: ChatStream, wants_usage: bool) -> Response {
 }
 
 /// An Anthropic stream: the canonical chunks translated to `message_start … message_stop`, or ending with an
-/// `error` event.
-pub(crate) fn anthropic(upstream: ChatStream, id: RequestId, model: String) -> Response {
+/// `error` event. `sources` (a grounded answer's passages) ride on the `message_start` event's message.
+pub(crate) fn anthropic(
+    upstream: ChatStream,
+    id: RequestId,
+    model: String,
+    mut sources: Option<serde_json::Value>,
+) -> Response {
     let mut translator: Option<ChatToMessagesStream> = None;
     let body = async_stream(upstream, move |item, out| {
         // The message is named after the model that actually answers, known from the first chunk.
@@ -62,7 +71,13 @@ pub(crate) fn anthropic(upstream: ChatStream, id: RequestId, model: String) -> R
             None => (t.finish(), true),
         };
         for ev in &events {
-            event(out, ev);
+            match (ev, sources.take()) {
+                (StreamEvent::MessageStart { .. }, Some(s)) => start_with_sources(out, ev, s),
+                (_, taken) => {
+                    sources = taken;
+                    event(out, ev);
+                }
+            }
         }
         last
     });
@@ -115,6 +130,22 @@ fn data(out: &mut Vec<u8>, value: &impl Serialize) {
         out.extend_from_slice(br#"{"error":{"message":"keel could not encode a stream chunk","type":"server_error"}}"#);
     }
     out.extend_from_slice(b"\n\n");
+}
+
+/// `message_start` with `message.sources` added.
+fn start_with_sources(out: &mut Vec<u8>, ev: &StreamEvent, sources: serde_json::Value) {
+    match serde_json::to_value(ev) {
+        Ok(mut v) => {
+            if let Some(m) = v.get_mut("message").and_then(serde_json::Value::as_object_mut) {
+                m.insert("sources".into(), sources);
+            }
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(ev.name().as_bytes());
+            out.extend_from_slice(b"\n");
+            data(out, &v);
+        }
+        Err(_) => event(out, ev),
+    }
 }
 
 fn event(out: &mut Vec<u8>, ev: &StreamEvent) {
