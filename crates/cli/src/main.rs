@@ -453,6 +453,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         admin,
         admission,
         shutdown: keel_server::Shutdown::default(),
+        // The OpenAI Files and vector stores APIs keep their files and records in the data directory.
+        files_dir: Some(PathBuf::from(keel_config::data_dir(&ProcessEnv)).join("files")),
     });
     let limits = keel_server::ServerLimits {
         max_body_bytes: server.max_body_bytes,

@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod encode;
 mod error;
+mod files;
 mod keys;
 mod limits;
 mod log;
@@ -23,6 +24,7 @@ mod request_id;
 mod shutdown;
 mod stack;
 mod stream;
+mod vector_stores;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +66,8 @@ struct Inner {
     shutdown: Shutdown,
     /// Collections for `POST /v1/search`; none when retrieval is off.
     collections: Option<Arc<keel_rag::Collections>>,
+    /// Uploaded files and vector store records (`/v1/files`, `/v1/vector_stores`); none: those APIs are off.
+    files: Option<Arc<files::FileArea>>,
 }
 
 /// Who may use `/admin/*`.
@@ -106,6 +110,9 @@ pub struct Parts {
     pub shutdown: Shutdown,
     /// Collections for retrieval; none: retrieval off.
     pub collections: Option<Arc<keel_rag::Collections>>,
+    /// Where `/v1/files` keeps uploads (`<id>` and `<id>.json`) and `/v1/vector_stores` its records
+    /// (`vector_stores/<id>.json`); none: the Files and vector stores APIs are off.
+    pub files_dir: Option<std::path::PathBuf>,
 }
 
 impl Parts {
@@ -135,6 +142,7 @@ impl Parts {
             admission: Arc::new(Limiter::new(max, max / 4, Duration::from_secs(1))),
             shutdown: Shutdown::default(),
             collections: None,
+            files_dir: None,
         }
     }
 }
@@ -164,6 +172,7 @@ impl AppState {
             admission: p.admission,
             shutdown: p.shutdown,
             collections: p.collections,
+            files: p.files_dir.map(|dir| Arc::new(files::FileArea::new(dir))),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -225,6 +234,13 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/v1/search", post(rag::search))
         .route("/admin/collections", get(rag::list))
         .route("/admin/collections/{name}", axum::routing::delete(rag::delete))
+        .route(
+            "/v1/files",
+            get(files::list).post(files::upload).layer(axum::extract::DefaultBodyLimit::max(files::MAX_UPLOAD_BODY)),
+        )
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .merge(vector_stores::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))
