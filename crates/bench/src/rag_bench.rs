@@ -113,10 +113,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let n = texts.len();
     let t = Instant::now();
+    // Kept: the scaled collections below are built from these vectors.
+    let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(n);
     for batch in texts.chunks(32) {
         let e = engine.clone();
         let b = batch.to_vec();
-        tokio::task::spawn_blocking(move || e.embed(&b)).await??;
+        vectors.extend(tokio::task::spawn_blocking(move || e.embed(&b)).await??.0);
     }
     let embed_only = t.elapsed().as_secs_f64();
     println!("embedder alone: {n} chunks in {embed_only:.1} s = {:.1} chunks/s", n as f64 / embed_only);
@@ -156,13 +158,6 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Scaled: the same chunks repeated until `scale`, each copy's vector perturbed.
-    let vectors: Vec<Vec<f32>> = {
-        let mut out = Vec::with_capacity(n);
-        for batch in texts.chunks(32) {
-            out.extend(embed.embed(batch.to_vec()).await.map_err(anyhow::Error::msg)?);
-        }
-        out
-    };
     let big = EmbeddedIndex::open_or_create(&tmp, info("scaled"))?;
     let rss_before = rss_mib();
     let made = scaled("embedded", Arc::new(big.clone()), &texts, &vectors, args.scale, &queries, &embed).await?;

@@ -107,6 +107,13 @@ async fn nodejs_docs(backend: Backend) {
     let node = format!("node-{}", std::process::id());
     let node = node.as_str();
     let _ = keel(&dir, &cfg, &["rag", "delete", node]);
+    // A grounded alias on the local chat model, answering from this collection.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[models.grounded]\nprovider = \"local\"\nmodel = \"smollm2\"\n\
+         rag = {{ collection = \"{node}\", k = 3 }}\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
     let docs = shared("rag-docs-nodejs-18-api/files");
     let first = ingest(&dir, &cfg, node, &docs);
     let r = &first["report"];
@@ -180,6 +187,35 @@ async fn nodejs_docs(backend: Backend) {
     assert_eq!(status, 400, "{body}");
     let (status, body) = post(serde_json::json!({"collection": node, "query": "x", "typo": 1})).await;
     assert_eq!(status, 400, "unknown fields are refused: {body}");
+    // A grounded answer from the local model: the passages went into its prompt and come back as sources,
+    // whole and streamed.
+    let chat = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let question = "How do I spawn a child process and read its output?";
+    let r = http
+        .post(&chat)
+        .json(&serde_json::json!({"model": "grounded", "max_tokens": 24,
+            "messages": [{"role": "user", "content": question}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    let cited = body["sources"].as_array().unwrap();
+    assert_eq!(cited.len(), 3, "{body}");
+    assert_eq!(cited[0]["index"], 1);
+    assert!(sources(cited).contains(&"child_process.md".to_string()), "{body}");
+    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty(), "{body}");
+    let r = http
+        .post(&chat)
+        .json(&serde_json::json!({"model": "grounded", "max_tokens": 8, "stream": true,
+            "messages": [{"role": "user", "content": question}]}))
+        .send()
+        .await
+        .unwrap();
+    let sse = r.text().await.unwrap();
+    let first: Value = serde_json::from_str(sse.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert!(sources(first["sources"].as_array().unwrap()).contains(&"child_process.md".to_string()), "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
     let _ = child.kill();
     let _ = child.wait();
 

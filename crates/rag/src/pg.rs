@@ -530,8 +530,10 @@ impl PgIndex {
              FROM cand c CROSS JOIN col CROSS JOIN LATERAL unnest(c.tsv) u JOIN qt ON qt.term = u.lexeme
              GROUP BY c.id ORDER BY score DESC, c.id LIMIT $3"
         );
+        // PostgreSQL text cannot hold NUL; it separates words like any control character.
+        let query = query.replace('\0', " ");
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(query)
+            .bind(&query)
             .bind(&pattern)
             .bind(k as i64)
             .bind(self.id)
