@@ -97,6 +97,11 @@ impl RouteTable {
             .collect()
     }
 
+    /// Whether any alias answers from a collection (the grounding stage is there only then).
+    pub fn grounded(&self) -> bool {
+        self.aliases.values().any(|p| p.retrieval.is_some())
+    }
+
     /// The alias names, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.aliases.keys().cloned().collect();

@@ -38,7 +38,8 @@ pub(crate) fn request_path(p: &crate::Parts) -> Stack {
         .layer(RouteLimitLayer::new(p.route_limits.clone()))
         // A grounded alias: passages retrieved for the conversation go into the prompt as reference data, and
         // back to the client as `sources`. Before the cache, so that a cached answer is keyed on its passages.
-        .layer(GroundLayer::new(p.collections.clone().map(crate::rag::retriever)))
+        // Only when an alias is grounded: other configurations pay nothing for it per request.
+        .option_layer(p.routes.grounded().then(|| GroundLayer::new(p.collections.clone().map(crate::rag::retriever))))
         // Exact and semantic answers, per the route's cache policy and the request's mode.
         .option_layer(p.cache.clone().map(CacheLayer::new))
         // Retries, fallbacks, timeouts, circuit breaking, streams that never end silently.
