@@ -168,6 +168,79 @@ def test_a_file_keel_cannot_read_fails_with_its_reason(client):
     client.files.delete(vs_file.id)
 
 
+def pdf(pages: list[list[str]], title: str = "") -> bytes:
+    """A PDF as a word processor writes one: each page's lines placed with `Td`, Helvetica (WinAnsiEncoding),
+    the objects' offsets in a cross-reference table. Written by hand: the test clients' packages have no PDF
+    writer, and this is the whole format keel needs to read here."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]  # the page tree (2) is filled in below
+    font = 3
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
+    kids = []
+    for lines in pages:
+        ops = [b"BT /F1 12 Tf 72 720 Td"]
+        for i, line in enumerate(lines):
+            text = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+            ops.append((b"0 -30 Td " if i else b"") + b"(" + text + b") Tj")
+        ops.append(b"ET")
+        stream = b"\n".join(ops)
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        content = len(objects)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (content, font)
+        )
+        kids.append(b"%d 0 R" % len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [" + b" ".join(kids) + b"] /Count %d >>" % len(kids)
+    info = None
+    if title:
+        objects.append(b"<< /Title (" + title.encode("latin-1") + b") >>")
+        info = len(objects)
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    trailer = b"<< /Size %d /Root 1 0 R" % (len(objects) + 1) + (b" /Info %d 0 R" % info if info else b"") + b" >>"
+    out += b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+def test_a_pdf_is_read_by_pages_and_paragraphs(client):
+    manual = pdf(
+        [
+            ["Harbour regulations", "Every vessel moored in the inner basin must display an anchor light."],
+            ["Fees", "Mooring fees are charged per night and paid to the harbourmaster."],
+        ],
+        title="Harbour manual",
+    )
+    store = client.vector_stores.create(name="pdfs")
+    vs_file = client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("manual.pdf", manual))
+    assert (vs_file.status, vs_file.last_error) == ("completed", None)
+
+    # The text as keel extracted it: lines kept apart, pages as paragraphs, in order.
+    content = client.vector_stores.files.content(vs_file.id, vector_store_id=store.id)
+    text = "".join(part.text for part in content)
+    assert text == (
+        "Harbour regulations\n\nEvery vessel moored in the inner basin must display an anchor light.\n\n"
+        "Fees\n\nMooring fees are charged per night and paid to the harbourmaster."
+    )
+    hits = bm25(client, store.id, "harbourmaster mooring fees")
+    assert hits and hits[0].filename == "manual.pdf" and "harbourmaster" in hits[0].content[0].text
+
+    # A truncated PDF fails with its reason; the store keeps what it had.
+    broken = client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=("cut.pdf", manual[:200]))
+    assert broken.status == "failed"
+    assert broken.last_error is not None and broken.last_error.code == "invalid_file"
+    assert "pdf" in broken.last_error.message.lower()
+    assert bm25(client, store.id, "anchor light")[0].file_id == vs_file.id
+    client.vector_stores.delete(store.id)
+    for f in (vs_file, broken):
+        client.files.delete(f.id)
+
+
 def test_unknown_ids_are_not_found_and_bad_requests_say_why(client):
     with pytest.raises(openai.NotFoundError):
         client.vector_stores.retrieve("vs_doesnotexist")

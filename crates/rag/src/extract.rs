@@ -1,6 +1,7 @@
 //! Documents into text with their structure: Markdown as it is, HTML converted to Markdown (headings, lists,
-//! code blocks and tables kept, scripts, styles and navigation dropped), plain text as it is. One structured
-//! form means one splitter and one way to find a chunk's heading path.
+//! code blocks and tables kept, scripts, styles and navigation dropped), plain text as it is, PDF as its pages'
+//! lines and paragraphs (src/pdf.rs). One structured form means one splitter and one way to find a chunk's
+//! heading path.
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ pub enum Kind {
     Markdown,
     Html,
     Text,
+    Pdf,
 }
 
 impl Kind {
@@ -22,6 +24,7 @@ impl Kind {
             "md" | "markdown" | "mdx" => Some(Kind::Markdown),
             "html" | "htm" | "xhtml" => Some(Kind::Html),
             "txt" | "text" | "rst" => Some(Kind::Text),
+            "pdf" => Some(Kind::Pdf),
             _ => None,
         }
     }
@@ -31,6 +34,7 @@ impl Kind {
             Kind::Markdown => "markdown",
             Kind::Html => "html",
             Kind::Text => "text",
+            Kind::Pdf => "pdf",
         }
     }
 
@@ -56,19 +60,28 @@ pub enum ExtractError {
     NotText,
     #[error("HTML: {0}")]
     Html(String),
+    #[error("PDF: {0}")]
+    Pdf(String),
     #[error("no text in it")]
     Empty,
 }
 
 /// Extracts a document's text.
 pub fn extract(kind: Kind, bytes: &[u8]) -> Result<Extracted, ExtractError> {
+    if kind == Kind::Pdf {
+        let (text, title) = crate::pdf::read(bytes)?;
+        if text.trim().is_empty() {
+            return Err(ExtractError::Empty);
+        }
+        return Ok(Extracted { kind, text, title });
+    }
     let raw = std::str::from_utf8(bytes).map_err(|_| ExtractError::NotText)?;
     let raw = raw.strip_prefix('\u{feff}').unwrap_or(raw);
     if raw.contains('\0') {
         return Err(ExtractError::NotText);
     }
     let (text, title) = match kind {
-        Kind::Markdown | Kind::Text => (raw.replace("\r\n", "\n"), None),
+        Kind::Markdown | Kind::Text | Kind::Pdf => (raw.replace("\r\n", "\n"), None),
         Kind::Html => {
             let title = html_title(raw);
             let converter = htmd::HtmlToMarkdown::builder()
@@ -148,6 +161,7 @@ mod tests {
     fn kinds_from_extensions() {
         assert_eq!(Kind::of(Path::new("a/B.MD")), Some(Kind::Markdown));
         assert_eq!(Kind::of(Path::new("x.htm")), Some(Kind::Html));
+        assert_eq!(Kind::of(Path::new("manual.PDF")), Some(Kind::Pdf));
         assert_eq!(Kind::of(Path::new("x.png")), None);
         assert_eq!(Kind::of(Path::new("README")), None);
     }

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod fusion;
 pub mod index;
 pub mod ingest;
+pub mod pdf;
 pub mod pg;
 pub mod search;
 
