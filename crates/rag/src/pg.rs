@@ -11,7 +11,9 @@
 //! Keyword ranking is BM25 (k1 1.2, b 0.75, the same function as the embedded index's tantivy), computed in
 //! SQL from the `tsvector`'s term frequencies and the terms table: PostgreSQL's own `ts_rank` has no inverse
 //! document frequency, and the fusion needs both indexes to score alike. Candidates come from the GIN index
-//! on the `tsvector` (any query term matches). The text is English-stemmed (`to_tsvector('english', …)`).
+//! on the `tsvector`: the chunks holding any of the query's rarest terms, within a budget counted by document
+//! frequency (Lucene's cutoff frequency; see `keyword_scored`). The text is English-stemmed
+//! (`to_tsvector('english', …)`).
 //!
 //! An update is one transaction that first locks the collection's row, so writers on any number of
 //! instances take turns and readers see either all of an update or none of it.
@@ -31,6 +33,9 @@ use crate::{CollectionInfo, RagError};
 /// BM25's term-frequency saturation and length normalisation (tantivy's values).
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
+/// The chunks a keyword query scores at least, counted by its candidate terms' document frequencies (20 times
+/// the results asked for, when more): see `keyword_scored`.
+const KEYWORD_CANDIDATES: usize = 2_000;
 /// Nearest-neighbour candidates the HNSW search keeps (pgvector's default is 40; the fusion asks for 100).
 const EF_SEARCH: usize = 200;
 /// Rows per `INSERT` when adding chunks.
@@ -512,35 +517,74 @@ impl PgIndex {
             return Ok(Vec::new());
         }
         let Some(pattern) = filter_json(filter) else { return Ok(Vec::new()) };
+        // PostgreSQL text cannot hold NUL; it separates words like any control character.
+        let query = query.replace('\0', " ");
+        let budget = (k * 20).max(KEYWORD_CANDIDATES) as i64;
+        let (rows, pruned) = self.keyword_scored(&query, k, &pattern, budget).await?;
+        // A filter can leave fewer chunks than asked among the rare terms' candidates while chunks with only
+        // the frequent terms pass it: then every term's chunks are candidates, as without the budget.
+        if pruned && !filter.is_empty() && rows.len() < k {
+            return Ok(self.keyword_scored(&query, k, &pattern, i64::MAX).await?.0);
+        }
+        Ok(rows)
+    }
+
+    /// BM25 over the chunks holding the query's rarest terms, up to `budget` of them counted by document
+    /// frequency (the rarest term always), every query term scoring them; and whether terms were left out of
+    /// the candidates. This is the cutoff frequency of Lucene's common-terms query: a chunk that holds only the
+    /// query's most frequent terms seldom ranks above one holding a rare term, and without the cutoff a query
+    /// with a frequent word ("function", "use") scores a large part of the collection term by term.
+    async fn keyword_scored(
+        &self,
+        query: &str,
+        k: usize,
+        pattern: &serde_json::Value,
+        budget: i64,
+    ) -> Result<(Vec<(u64, f32)>, bool), RagError> {
         let (chunks, terms) = (&self.chunks, &self.terms);
-        // Any query term matches: plainto_tsquery's terms (`a & b`) turned into `a | b`, from its own
-        // quoted text form so no query text is ever parsed as tsquery syntax.
+        // The candidates' tsquery is made of the terms as quoted lexemes: no query text is ever parsed as
+        // tsquery syntax, and no lexeme is normalised twice.
         let sql = format!(
             "WITH q AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', $1))) AS term),
-                  qt AS (SELECT t.term, t.df FROM {terms} t JOIN q ON q.term = t.term),
+                  qt AS (SELECT t.term, t.df FROM {terms} t JOIN q ON q.term = t.term WHERE t.df > 0),
+                  ranked AS (SELECT term, df, sum(df) OVER (ORDER BY df, term) - df AS before FROM qt),
+                  ct AS (SELECT term FROM ranked WHERE before = 0 OR before + df <= $5),
                   col AS (SELECT greatest(chunks, 1)::FLOAT8 AS n,
                                  greatest(total_len::FLOAT8 / greatest(chunks, 1), 1) AS avgdl
                           FROM keel_rag_collections WHERE id = $4),
                   cand AS (SELECT id, tsv, len FROM {chunks}
-                           WHERE tsv @@ replace(plainto_tsquery('english', $1)::TEXT, ' & ', ' | ')::tsquery
-                             AND meta @> $2)
-             SELECT c.id, sum(ln(1 + (col.n - qt.df + 0.5) / (qt.df + 0.5))
-                              * cardinality(u.positions) * ({K1} + 1)
-                              / (cardinality(u.positions) + {K1} * (1 - {B} + {B} * c.len / col.avgdl)))::FLOAT4 AS score
-             FROM cand c CROSS JOIN col CROSS JOIN LATERAL unnest(c.tsv) u JOIN qt ON qt.term = u.lexeme
-             GROUP BY c.id ORDER BY score DESC, c.id LIMIT $3"
+                           WHERE tsv @@ (SELECT string_agg('''' || replace(replace(term, '\\', '\\\\'), '''', '''''')
+                                                           || '''', ' | ')
+                                         FROM ct)::tsquery
+                             AND meta @> $2),
+                  scored AS (
+                    SELECT c.id, sum(ln(1 + (col.n - qt.df + 0.5) / (qt.df + 0.5))
+                                     * cardinality(u.positions) * ({K1} + 1)
+                                     / (cardinality(u.positions) + {K1} * (1 - {B} + {B} * c.len / col.avgdl)))::FLOAT4
+                                 AS score
+                    FROM cand c CROSS JOIN col CROSS JOIN LATERAL unnest(c.tsv) u JOIN qt ON qt.term = u.lexeme
+                    GROUP BY c.id ORDER BY score DESC, c.id LIMIT $3),
+                  pruned AS (SELECT (SELECT count(*) FROM qt) > (SELECT count(*) FROM ct) AS p)
+             SELECT id, score, pruned.p FROM scored CROSS JOIN pruned
+             UNION ALL SELECT -1, 0, pruned.p FROM pruned"
         );
-        // PostgreSQL text cannot hold NUL; it separates words like any control character.
-        let query = query.replace('\0', " ");
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(&query)
-            .bind(&pattern)
+            .bind(query)
+            .bind(pattern)
             .bind(k as i64)
             .bind(self.id)
+            .bind(budget)
             .fetch_all(&self.pool)
             .await
             .map_err(gone(&self.info.name))?;
-        Ok(rows.into_iter().map(|r| (r.get::<i64, _>(0) as u64, r.get::<f32, _>(1))).collect())
+        // The last row says whether terms were left out; the others are the hits, best first.
+        let pruned = rows.last().is_some_and(|r| r.get::<bool, _>(2));
+        let hits = rows
+            .iter()
+            .filter(|r| r.get::<i64, _>(0) >= 0)
+            .map(|r| (r.get::<i64, _>(0) as u64, r.get::<f32, _>(1)))
+            .collect();
+        Ok((hits, pruned))
     }
 
     async fn vector_now(&self, query: Vec<f32>, k: usize, filter: &Filter) -> Result<Vec<(u64, f32)>, RagError> {

@@ -243,6 +243,45 @@ async fn a_failed_update_changes_nothing(b: Backend) {
     b.cleanup().await;
 }
 
+/// A query with a rare and a frequent term: the chunks with the rare term rank first, and a filter that only
+/// chunks with the frequent term pass still finds them (on PostgreSQL, past its keyword candidate budget: the
+/// frequent term's 2,500 chunks are scored only when the rare term's chunks do not fill the answer).
+async fn frequent_terms_do_not_hide_rare_ones(b: Backend) {
+    let index = b.store.open_or_create(b.info("c")).await.unwrap();
+    let many = |name: &str, text: &str, n: usize, meta: &[(&str, &str)]| SourceUpdate {
+        source: name.into(),
+        hash: "1".into(),
+        meta: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        chunks: (0..n)
+            .map(|i| NewChunk { chunk: chunk(&format!("{text} number {i}")), vector: vec![1.0; 64] })
+            .collect(),
+    };
+    let update = Update {
+        remove: vec![],
+        upsert: vec![
+            many("common", "the harbour fee table row", 2_500, &[]),
+            many("rare", "a zebra crossing by the harbour gate", 1, &[]),
+            many("rare2", "zebra stripes", 1, &[]),
+            many("roster", "harbour duty roster", 5, &[("team", "ops")]),
+        ],
+    };
+    index.apply(update).await.unwrap();
+    let texts = |hits: &[(u64, f32)]| {
+        let index = index.clone();
+        let ids: Vec<u64> = hits.iter().map(|h| h.0).collect();
+        async move { index.chunks(ids).await.unwrap().into_iter().map(|c| c.text).collect::<Vec<_>>() }
+    };
+    let hits = index.keyword("harbour zebra".into(), 10, Filter::default()).await.unwrap();
+    let top = texts(&hits[..2]).await;
+    assert!(top.iter().all(|t| t.contains("zebra")), "{top:?}");
+
+    let ops = Filter { all: vec![("team".into(), "ops".into())] };
+    let hits = index.keyword("harbour zebra".into(), 10, ops).await.unwrap();
+    assert_eq!(hits.len(), 5, "{hits:?}");
+    assert!(texts(&hits).await.iter().all(|t| t.starts_with("harbour duty roster")));
+    b.cleanup().await;
+}
+
 macro_rules! on_both {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -260,7 +299,12 @@ macro_rules! on_both {
     };
 }
 
-on_both!(incremental_ingest_search_and_filters, another_model_is_refused, a_failed_update_changes_nothing);
+on_both!(
+    incremental_ingest_search_and_filters,
+    another_model_is_refused,
+    a_failed_update_changes_nothing,
+    frequent_terms_do_not_hide_rare_ones,
+);
 
 /// PostgreSQL: an update that fails inside its transaction (the server refuses a text) is rolled back whole.
 #[tokio::test]
