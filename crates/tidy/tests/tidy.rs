@@ -91,6 +91,7 @@ fn layering() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("keel-pipeline", &["keel-types", "keel-config", "keel-providers", "keel-cache", "keel-store"][..]),
         ("keel-local", &["keel-types", "keel-config", "keel-providers"][..]),
         ("keel-rag", &[][..]),
+        ("keel-guard", &[][..]),
         (
             "keel-server",
             &[

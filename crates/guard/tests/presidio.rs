@@ -1,0 +1,124 @@
+//! The PII pattern layer on presidio-synth-pii (templates half A): per-entity precision, recall and F2 with
+//! overlap matching, for the entity types the layer covers. Floors sit a little below what the prototype reached
+//! (1.0 on each of these types).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use keel_guard::pii::Detector;
+
+const DATA: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/presidio-synth-pii/synth_dataset_v2-templates-a.jsonl");
+
+/// The types scored here: those the pattern layer is meant to find and the data set labels.
+const COVERED: [&str; 6] = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "DOMAIN_NAME"];
+
+const FLOOR_PRECISION: f64 = 0.9;
+const FLOOR_RECALL: f64 = 0.9;
+/// Types with fewer gold spans are reported, not asserted.
+const MIN_GOLD: usize = 5;
+
+struct Span {
+    start: usize,
+    end: usize,
+    entity: String,
+}
+
+#[derive(Default)]
+struct Counts {
+    gold: usize,
+    gold_hit: usize,
+    pred: usize,
+    pred_hit: usize,
+}
+
+fn overlaps(a: &Span, b: &Span) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+fn f2(p: f64, r: f64) -> f64 {
+    if p + r <= 0.0 { 0.0 } else { 5.0 * p * r / (4.0 * p + r) }
+}
+
+/// Byte offset of every code point, plus the text's length: the data set's offsets are code points.
+fn byte_offsets(text: &str) -> Vec<usize> {
+    text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len())).collect()
+}
+
+#[test]
+fn presidio_synth_pii_pattern_layer() {
+    let raw = std::fs::read_to_string(DATA).unwrap_or_else(|e| panic!("reading {DATA}: {e}"));
+    let detector = Detector::new().unwrap();
+    let mut counts: BTreeMap<&str, Counts> = COVERED.iter().map(|t| (*t, Counts::default())).collect();
+    let mut rows = 0;
+
+    for line in raw.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = row["full_text"].as_str().unwrap();
+        let offsets = byte_offsets(text);
+        let gold: Vec<Span> = row["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let at = |key: &str| {
+                    let cp = usize::try_from(s[key].as_u64().unwrap()).unwrap();
+                    *offsets.get(cp).unwrap_or_else(|| panic!("{key} {cp} out of range in {text:?}"))
+                };
+                let entity = s["entity_type"].as_str().unwrap().to_string();
+                Span { start: at("start_position"), end: at("end_position"), entity }
+            })
+            .collect();
+        let pred: Vec<Span> = detector
+            .detect(text)
+            .into_iter()
+            .map(|f| {
+                assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end), "{f:?} in {text:?}");
+                Span { start: f.start, end: f.end, entity: f.entity.as_str().to_string() }
+            })
+            .collect();
+        rows += 1;
+
+        for g in &gold {
+            if let Some(c) = counts.get_mut(g.entity.as_str()) {
+                c.gold += 1;
+                if pred.iter().any(|p| p.entity == g.entity && overlaps(g, p)) {
+                    c.gold_hit += 1;
+                } else {
+                    eprintln!("FN {:<14} {:?} in {text:?}", g.entity, &text[g.start..g.end]);
+                }
+            }
+        }
+        for p in &pred {
+            if let Some(c) = counts.get_mut(p.entity.as_str()) {
+                c.pred += 1;
+                if gold.iter().any(|g| g.entity == p.entity && overlaps(g, p)) {
+                    c.pred_hit += 1;
+                } else {
+                    eprintln!("FP {:<14} {:?} in {text:?}", p.entity, &text[p.start..p.end]);
+                }
+            }
+        }
+    }
+
+    assert!(rows > 100, "only {rows} rows read from {DATA}");
+    eprintln!("\npresidio-synth-pii templates-a, {rows} rows, pattern layer, overlap match");
+    eprintln!("{:<16} {:>5} {:>5} {:>6} {:>6} {:>6}", "entity", "gold", "pred", "P", "R", "F2");
+    let mut failures = Vec::new();
+    for (entity, c) in &counts {
+        let p = if c.pred == 0 { f64::NAN } else { c.pred_hit as f64 / c.pred as f64 };
+        let r = if c.gold == 0 { f64::NAN } else { c.gold_hit as f64 / c.gold as f64 };
+        let f = if c.pred == 0 || c.gold == 0 { f64::NAN } else { f2(p, r) };
+        eprintln!("{entity:<16} {:>5} {:>5} {p:>6.3} {r:>6.3} {f:>6.3}", c.gold, c.pred);
+        if c.gold >= MIN_GOLD {
+            // NaN precision (no prediction at all) fails the floor, as it should.
+            if p.is_nan() || p < FLOOR_PRECISION {
+                failures.push(format!("{entity}: precision {p:.3} < {FLOOR_PRECISION}"));
+            }
+            if r.is_nan() || r < FLOOR_RECALL {
+                failures.push(format!("{entity}: recall {r:.3} < {FLOOR_RECALL}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "below the floors: {failures:?}");
+}
