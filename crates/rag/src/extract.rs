@@ -68,21 +68,11 @@ pub enum ExtractError {
 
 /// Extracts a document's text.
 pub fn extract(kind: Kind, bytes: &[u8]) -> Result<Extracted, ExtractError> {
-    if kind == Kind::Pdf {
-        let (text, title) = crate::pdf::read(bytes)?;
-        if text.trim().is_empty() {
-            return Err(ExtractError::Empty);
-        }
-        return Ok(Extracted { kind, text, title });
-    }
-    let raw = std::str::from_utf8(bytes).map_err(|_| ExtractError::NotText)?;
-    let raw = raw.strip_prefix('\u{feff}').unwrap_or(raw);
-    if raw.contains('\0') {
-        return Err(ExtractError::NotText);
-    }
     let (text, title) = match kind {
-        Kind::Markdown | Kind::Text | Kind::Pdf => (raw.replace("\r\n", "\n"), None),
+        Kind::Pdf => crate::pdf::read(bytes)?,
+        Kind::Markdown | Kind::Text => (utf8_text(bytes)?.replace("\r\n", "\n"), None),
         Kind::Html => {
+            let raw = utf8_text(bytes)?;
             let title = html_title(raw);
             let converter = htmd::HtmlToMarkdown::builder()
                 .skip_tags(vec!["script", "style", "head", "nav", "footer", "noscript", "iframe", "svg", "template"])
@@ -100,6 +90,15 @@ pub fn extract(kind: Kind, bytes: &[u8]) -> Result<Extracted, ExtractError> {
     }
     let title = title.or_else(|| if kind.structured() { first_heading(&text) } else { None });
     Ok(Extracted { kind, text, title })
+}
+
+/// A text document's bytes as text: UTF-8 without NUL bytes, a byte-order mark dropped.
+fn utf8_text(bytes: &[u8]) -> Result<&str, ExtractError> {
+    let raw = std::str::from_utf8(bytes).map_err(|_| ExtractError::NotText)?;
+    if raw.contains('\0') {
+        return Err(ExtractError::NotText);
+    }
+    Ok(raw.strip_prefix('\u{feff}').unwrap_or(raw))
 }
 
 /// Classes of page chrome that generated documentation wraps around the content (DocBook's "Prev / Up /
