@@ -51,6 +51,10 @@ fn presidio_synth_pii_pattern_layer() {
     let detector = Detector::new().unwrap();
     let mut counts: BTreeMap<&str, Counts> = COVERED.iter().map(|t| (*t, Counts::default())).collect();
     let mut rows = 0;
+    // Over every gold span, whatever its type (the measure): a gold span is found when any prediction
+    // overlaps it, a prediction is right when it overlaps any gold span.
+    let mut all_types: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut all = Counts::default();
 
     for line in raw.lines().filter(|l| !l.trim().is_empty()) {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -78,6 +82,16 @@ fn presidio_synth_pii_pattern_layer() {
             })
             .collect();
         rows += 1;
+        for g in &gold {
+            let hit = pred.iter().any(|p| overlaps(g, p));
+            let c = all_types.entry(g.entity.clone()).or_default();
+            c.gold += 1;
+            c.gold_hit += usize::from(hit);
+            all.gold += 1;
+            all.gold_hit += usize::from(hit);
+        }
+        all.pred += pred.len();
+        all.pred_hit += pred.iter().filter(|p| gold.iter().any(|g| overlaps(g, p))).count();
 
         for g in &gold {
             if let Some(c) = counts.get_mut(g.entity.as_str()) {
@@ -120,5 +134,14 @@ fn presidio_synth_pii_pattern_layer() {
             }
         }
     }
+    eprintln!("\nevery gold type, found by any prediction (overlap)\n{:<16} {:>5} {:>6}", "entity", "gold", "R");
+    for (entity, c) in &all_types {
+        eprintln!("{entity:<16} {:>5} {:>6.3}", c.gold, c.gold_hit as f64 / c.gold as f64);
+    }
+    let (p, r) = (all.pred_hit as f64 / all.pred.max(1) as f64, all.gold_hit as f64 / all.gold.max(1) as f64);
+    eprintln!("all gold spans: {} gold, {} predicted, P {p:.3} R {r:.3} F2 {:.3}", all.gold, all.pred, f2(p, r));
+    // Names, addresses and the other free-text types are not covered yet (docs/security.md): the overall figure
+    // is reported, and held to what the pattern layer reaches so that a regression shows.
+    assert!(p >= 0.9, "overall precision {p}");
     assert!(failures.is_empty(), "below the floors: {failures:?}");
 }
