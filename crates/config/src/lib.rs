@@ -4,6 +4,7 @@
 //! them together. Components receive their slice of the resolved [`Config`], never the whole file.
 
 mod cache;
+mod guard;
 mod log;
 mod rag;
 mod raw;
@@ -14,6 +15,7 @@ mod toml_errors;
 use std::path::Path;
 
 pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
+pub use guard::{DEFAULT_OUTPUT_ENTITIES, GuardAction, GuardPolicy};
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store};
 pub use rag::{ChunkSizes, DEFAULT_RAG_MODEL, MAX_GROUNDING_K, RagConfig, Retrieval, RetrievalMode};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};

@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub cache: crate::cache::RawCache,
     #[serde(default)]
     pub rag: crate::rag::RawRag,
+    /// `[guard]`: guardrails for every alias (absent: none, unless an alias has its own).
+    pub guard: Option<crate::guard::RawGuard>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -143,4 +145,6 @@ pub struct RawModel {
     pub max_in_flight: Option<u32>,
     /// Grounded answers: the collection this alias retrieves from for every chat request.
     pub rag: Option<crate::rag::RawModelRag>,
+    /// `[models.X.guard]`: this alias's guardrails, over `[guard]`.
+    pub guard: Option<crate::guard::RawGuard>,
 }

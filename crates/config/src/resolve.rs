@@ -219,6 +219,8 @@ pub struct ModelAlias {
     pub max_in_flight: Option<usize>,
     /// Grounded answers: the collection every chat request of the alias retrieves from.
     pub retrieval: Option<crate::rag::Retrieval>,
+    /// The alias's guardrails (`[guard]`, `[models.X.guard]`); `None`: no guard runs.
+    pub guard: Option<crate::guard::GuardPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -242,8 +244,12 @@ impl std::fmt::Display for ModelTarget {
 pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
+    /// Records an error; the same error twice (a global section checked for each alias) is recorded once.
     pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), message: message.into() });
+        let e = ConfigError { path: path.into(), message: message.into() };
+        if !self.0.contains(&e) {
+            self.0.push(e);
+        }
     }
 }
 
@@ -265,8 +271,10 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
     // Phase one: each alias with its own target; phase two: fallback chains, which name other aliases.
     let mut models = BTreeMap::new();
     let mut chains = Vec::new();
+    let mut guards = Vec::new();
     for (name, m) in raw.models {
         let chain = (name.clone(), m.fallbacks.clone(), m.context_fallback.clone());
+        guards.push((name.clone(), m.guard.clone()));
         let cache = crate::cache::resolve_policy(&name, m.cache.as_ref(), &raw.cache, &mut errors);
         if let Some(mut m) = resolve_model(&name, m, &declared, &defaults, &mut errors) {
             m.cache = cache;
@@ -304,6 +312,18 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
                 }
             }
             m.context_fallback.extend(context_target);
+        }
+    }
+    // Guards last: what an alias may send depends on every target of its chain (PII may go to the local model
+    // and not to a third party, and a fallback could take the request anywhere in the chain).
+    for (name, raw_guard) in guards {
+        if let Some(m) = models.get_mut(&name) {
+            let external = m
+                .targets
+                .iter()
+                .chain(&m.context_fallback)
+                .any(|t| declared.get(t.provider.0.as_ref()).is_none_or(|k| *k != Some(ProviderKind::Local)));
+            m.guard = crate::guard::resolve_guard(&name, raw.guard.as_ref(), raw_guard.as_ref(), external, &mut errors);
         }
     }
     let store = crate::log::resolve_store(raw.store, env, &mut errors);
@@ -586,5 +606,6 @@ fn resolve_model(
             n => n.map(|n| n as usize),
         },
         retrieval,
+        guard: None,
     })
 }
