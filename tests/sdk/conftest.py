@@ -143,6 +143,18 @@ model = "mock-claude"
 provider = "oa"
 model = "mock-embed"
 
+# Guardrails on these two aliases only (test_guard.py): injections refused, personal data redacted before it
+# leaves, answers carrying secrets withheld.
+[models.gpt-guarded]
+provider = "oa"
+model = "mock-gpt"
+guard = {{ injection = "block", pii = "redact", output = "block" }}
+
+[models.claude-guarded]
+provider = "an"
+model = "mock-claude"
+guard = {{ injection = "block", pii = "redact", output = "block" }}
+
 # Anthropic first; what Anthropic cannot express (n > 1) falls over to the OpenAI upstream.
 [models.claude-then-gpt]
 provider = "an"

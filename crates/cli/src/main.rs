@@ -2,6 +2,7 @@
 
 mod cache;
 mod default_config;
+mod guard;
 mod logs;
 mod metrics;
 mod rag;
@@ -61,6 +62,11 @@ enum Command {
     Rag {
         #[command(subcommand)]
         command: rag::RagCommand,
+    },
+    /// Guardrails: check text with a route's guards.
+    Guard {
+        #[command(subcommand)]
+        command: guard::GuardCommand,
     },
     /// Manage virtual keys (stored hashed in keel's store; a secret is shown once, at creation).
     Keys {
@@ -250,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(keys_command(&store, command))
         }
+        Command::Guard { command } => guard::run(command),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
             Ok(std::process::ExitCode::SUCCESS)

@@ -151,6 +151,8 @@ pub struct RequestContext {
     /// The passages a grounded answer was given (`[models.X.rag]`), returned with it; set by the grounding
     /// stage.
     pub sources: Option<Arc<Vec<crate::ground::Passage>>>,
+    /// The guards' verdicts (`[guard]`); appended by the guard stage, during a stream too.
+    pub guard: crate::guard::GuardReport,
 }
 
 /// The attempt records of one request, shared with the stream that outlives the pipeline call. An attempt is
@@ -237,6 +239,7 @@ impl RequestContext {
             settlement: Settlement::default(),
             cost_usd: None,
             sources: None,
+            guard: crate::guard::GuardReport::default(),
         }
     }
 
@@ -436,6 +439,7 @@ impl GatewayError {
             GatewayError::Provider(p) => p.kind.as_str(),
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::Retrieval { .. } => "retrieval_failed",
+            GatewayError::Guarded(g) => g.code,
         }
     }
 
@@ -443,6 +447,7 @@ impl GatewayError {
     /// failure).
     pub fn is_refusal(&self) -> bool {
         matches!(self, GatewayError::Rejected(_) | GatewayError::Denied(_))
+            || matches!(self, GatewayError::Guarded(g) if g.guard != crate::guard::GuardKind::Output)
     }
 }
 
@@ -537,4 +542,8 @@ pub enum GatewayError {
     /// reference data would look grounded and not be).
     #[error("retrieval from collection {collection:?} failed: {error}")]
     Retrieval { collection: String, error: crate::ground::RetrieveError },
+    /// A guard refused the request (injection, personal data; nothing was sent upstream) or withheld its answer
+    /// (output).
+    #[error(transparent)]
+    Guarded(crate::guard::GuardRefusal),
 }

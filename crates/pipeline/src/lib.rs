@@ -1,5 +1,5 @@
 //! The request path's stages that know nothing of HTTP, each a tower layer: scope (tenant and cache mode),
-//! route (alias to plan), per-alias admission, grounding (retrieved passages in the prompt), the response cache, and the call (retries, fallbacks, timeouts,
+//! route (alias to plan), per-alias admission, grounding (retrieved passages in the prompt), guardrails, the response cache, and the call (retries, fallbacks, timeouts,
 //! circuit breaking, streams). The server composes them with its own stages (log, key checks, shutdown) in one
 //! function, `keel_server::stack`, which reads top to bottom as a request flows.
 //!
@@ -15,6 +15,7 @@ mod context;
 pub mod cost;
 mod embed;
 pub mod ground;
+pub mod guard;
 mod route;
 mod scope;
 
@@ -30,6 +31,7 @@ pub use context::{
 };
 pub use embed::{EmbedRouteError, RoutedEmbedder};
 pub use ground::{GroundLayer, Passage, RetrieveError, Retriever};
+pub use guard::{GuardKind, GuardLayer, GuardRefusal, GuardReport, GuardVerdict};
 pub use route::{RouteError, RouteLayer, RoutePlan, RouteTable};
 pub use scope::ScopeLayer;
 

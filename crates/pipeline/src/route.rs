@@ -27,6 +27,8 @@ pub struct RoutePlan {
     pub cache: keel_config::CachePolicy,
     /// Grounded answers: the collection every chat request retrieves from.
     pub retrieval: Option<keel_config::Retrieval>,
+    /// The route's guardrails, compiled; `None`: no guard runs.
+    pub guard: Option<Arc<crate::guard::RouteGuard>>,
 }
 
 /// A route that cannot be built.
@@ -34,6 +36,8 @@ pub struct RoutePlan {
 pub enum RouteError {
     #[error("models.{alias}.response_schema: {error}")]
     Schema { alias: String, error: crate::call::InvalidSchema },
+    #[error("models.{alias}.guard: {error}")]
+    Guard { alias: String, error: keel_guard::InitError },
 }
 
 /// Model aliases and their plans, from the configuration.
@@ -46,6 +50,7 @@ impl RouteTable {
     /// Builds the plans; a route schema that does not compile is an error naming the alias.
     pub fn new<'a>(aliases: impl IntoIterator<Item = &'a ModelAlias>) -> Result<Self, RouteError> {
         let mut map = HashMap::new();
+        let mut engines: Option<Arc<crate::guard::Engines>> = None;
         for a in aliases {
             let schema = match &a.response_schema {
                 Some(s) => {
@@ -64,7 +69,25 @@ impl RouteTable {
                 "rag": a.retrieval.as_ref().map(|r| (r.collection.as_str(), r.k, format!("{:?}", r.mode))),
             })
             .to_string();
+            let guard = match a.guard.clone().filter(|g| g.any()) {
+                Some(policy) => {
+                    let guard_error = |error| RouteError::Guard { alias: a.name.clone(), error };
+                    let shared = match &engines {
+                        Some(e) => e.clone(),
+                        None => {
+                            let e = Arc::new(crate::guard::Engines::new().map_err(guard_error)?);
+                            engines = Some(e.clone());
+                            e
+                        }
+                    };
+                    Some(Arc::new(
+                        crate::guard::RouteGuard::new(&a.name, &fingerprint, policy, shared).map_err(guard_error)?,
+                    ))
+                }
+                None => None,
+            };
             let plan = RoutePlan {
+                guard,
                 fingerprint,
                 cache: a.cache,
                 alias: a.name.clone(),
@@ -100,6 +123,11 @@ impl RouteTable {
     /// Whether any alias answers from a collection (the grounding stage is there only then).
     pub fn grounded(&self) -> bool {
         self.aliases.values().any(|p| p.retrieval.is_some())
+    }
+
+    /// Whether any alias runs a guard (the guard stage is there only then).
+    pub fn guarded(&self) -> bool {
+        self.aliases.values().any(|p| p.guard.is_some())
     }
 
     /// The alias names, sorted.

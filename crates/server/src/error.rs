@@ -115,6 +115,15 @@ impl From<GatewayError> for ApiError {
                     .code("overloaded")
                 }
             }
+            GatewayError::Guarded(g) => {
+                let status = match g.guard {
+                    // The answer broke the route's policy: not the client's request at fault, nor an upstream
+                    // failure to retry elsewhere.
+                    keel_pipeline::GuardKind::Output => StatusCode::UNPROCESSABLE_ENTITY,
+                    keel_pipeline::GuardKind::Injection | keel_pipeline::GuardKind::Pii => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(status, "invalid_request_error", g.message).code(g.code)
+            }
             GatewayError::Retrieval { collection, error } => {
                 let message = format!("retrieval for this model failed: collection `{collection}`: {error}");
                 match error {
@@ -186,6 +195,11 @@ fn provider_error(e: ProviderError) -> ApiError {
         }
         ErrorKind::ContextLengthExceeded => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", upstream).code("context_length_exceeded")
+        }
+        // keel's own output guard ending a stream: its reason code, not a vendor's filter.
+        ErrorKind::ContentFilter if e.provider.0.as_ref() == keel_pipeline::guard::GUARD_PROVIDER => {
+            let code = e.code.clone().unwrap_or_else(|| "output_blocked".into());
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error", e.message.clone()).code(&code)
         }
         ErrorKind::ContentFilter => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", upstream).code("content_filter")

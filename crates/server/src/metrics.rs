@@ -43,6 +43,13 @@ pub(crate) struct AttemptLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GuardLabels {
+    pub guard: &'static str,
+    pub action: &'static str,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CacheLabels {
     pub outcome: &'static str,
 }
@@ -113,6 +120,7 @@ pub struct Metrics {
     pub(crate) cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pub(crate) attempts: Family<AttemptLabels, Counter>,
     pub(crate) cache: Family<CacheLabels, Counter>,
+    pub(crate) guard: Family<GuardLabels, Counter>,
     /// The similarity of the nearest semantic candidate, per lookup that compared one.
     pub(crate) cache_similarity: Histogram,
     /// What cache hits saved: the upstream price of the answers they gave again.
@@ -158,6 +166,12 @@ impl Metrics {
         );
         let cache_saved = Counter::<f64, AtomicU64>::default();
         registry.register("cache_saved_usd", "Upstream spend the cache avoided, in US dollars", cache_saved.clone());
+        let guard = Family::<GuardLabels, Counter>::default();
+        registry.register(
+            "guard_verdicts",
+            "Guard verdicts by guard (injection, pii, output), action (flag, redact, block) and model alias",
+            guard.clone(),
+        );
         let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
         registry.register_collector(Box::new(Live { breakers, log, sources: sources.clone() }));
         Self {
@@ -171,6 +185,7 @@ impl Metrics {
             cache,
             cache_similarity,
             cache_saved,
+            guard,
             sources,
         }
     }

@@ -7,7 +7,9 @@
 
 use std::convert::Infallible;
 
-use keel_pipeline::{CacheLayer, Call, GatewayResponse, GroundLayer, RouteLayer, RouteLimitLayer, ScopeLayer};
+use keel_pipeline::{
+    CacheLayer, Call, GatewayResponse, GroundLayer, GuardLayer, RouteLayer, RouteLimitLayer, ScopeLayer,
+};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -40,6 +42,10 @@ pub(crate) fn request_path(p: &crate::Parts) -> Stack {
         // back to the client as `sources`. Before the cache, so that a cached answer is keyed on its passages.
         // Only when an alias is grounded: other configurations pay nothing for it per request.
         .option_layer(p.routes.grounded().then(|| GroundLayer::new(p.collections.clone().map(crate::rag::retriever))))
+        // Guardrails: injection checks on user turns, tool results and the passages just retrieved; personal data
+        // redacted (or refused) before it leaves; placeholders restored and answers checked on the way back, on
+        // streams as they pass. Outside the cache, so cached answers are restored and checked like fresh ones.
+        .option_layer(p.routes.guarded().then_some(GuardLayer))
         // Exact and semantic answers, per the route's cache policy and the request's mode.
         .option_layer(p.cache.clone().map(CacheLayer::new))
         // Retries, fallbacks, timeouts, circuit breaking, streams that never end silently.

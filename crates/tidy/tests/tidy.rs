@@ -83,12 +83,15 @@ fn layering() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
         ("keel-types", &[][..]),
         ("keel-translate", &["keel-types"][..]),
-        ("keel-config", &["keel-types"][..]),
+        ("keel-config", &["keel-types", "keel-guard"][..]),
         ("keel-providers", &["keel-types", "keel-config", "keel-translate"][..]),
         ("keel-store", &[][..]),
         ("keel-cache", &["keel-types", "keel-store"][..]),
         ("keel-limits", &["keel-store"][..]),
-        ("keel-pipeline", &["keel-types", "keel-config", "keel-providers", "keel-cache", "keel-store"][..]),
+        (
+            "keel-pipeline",
+            &["keel-types", "keel-config", "keel-providers", "keel-cache", "keel-store", "keel-guard"][..],
+        ),
         ("keel-local", &["keel-types", "keel-config", "keel-providers"][..]),
         ("keel-rag", &[][..]),
         ("keel-guard", &[][..]),

@@ -83,6 +83,7 @@ where
             entry.attach(&ctx, &op);
             let GatewayResponse { mut ctx, result } = inner.call(GatewayRequest { ctx, op }).await?;
             entry.cache(ctx.cache.clone());
+            entry.guard(ctx.guard.clone());
             let result = match result {
                 Ok(Output::Chat(r)) => {
                     ctx.cost_usd = entry.finish(Answer::Chat(&r)).await;

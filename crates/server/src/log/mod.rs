@@ -122,6 +122,7 @@ impl RequestLog {
             prompt: Prompt::default(),
             settlement: ctx.settlement.clone(),
             cache: None,
+            guard: ctx.guard.clone(),
         }
     }
 
@@ -161,6 +162,8 @@ pub(crate) struct Entry {
     settlement: Settlement,
     /// How the response cache served the request, when it was consulted.
     cache: Option<CacheOutcome>,
+    /// The guards' verdicts, shared with the guard stage (a stream's output verdicts arrive until its end).
+    guard: keel_pipeline::GuardReport,
 }
 
 /// How a non-streamed request ended. Response bodies are logged in keel's canonical shape (an OpenAI chat
@@ -196,6 +199,11 @@ impl Entry {
                 m.entry("user").or_insert_with(|| Value::String(user.to_string()));
             }
         }
+    }
+
+    /// The guards' verdicts (from the pipeline's context).
+    pub(crate) fn guard(&mut self, report: keel_pipeline::GuardReport) {
+        self.guard = report;
     }
 
     /// How the cache served the request (from the pipeline's context).
@@ -367,6 +375,7 @@ impl Entry {
             r.cost_usd = cost;
         }
         self.cache_outcome(&mut r, total);
+        self.guard_outcome(&mut r);
         if estimated && let Value::Object(m) = &mut r.metadata {
             m.insert("tokens_estimated".into(), Value::Bool(true));
         }
@@ -390,6 +399,24 @@ impl Entry {
         self.settlement.settle(r.cost_usd.unwrap_or(0.0), total.input + total.output);
         let cost = r.cost_usd;
         (r, cost)
+    }
+
+    /// The guards' part of the row: their verdicts in the metadata (`guard`), counted in the metrics by guard,
+    /// action and model alias.
+    fn guard_outcome(&self, r: &mut Record) {
+        let verdicts = self.guard.snapshot();
+        if verdicts.is_empty() {
+            return;
+        }
+        let route = r.model_requested.clone().unwrap_or_default();
+        for v in &verdicts {
+            let labels =
+                crate::metrics::GuardLabels { guard: v.guard.as_str(), action: v.action, route: route.clone() };
+            self.log.metrics.guard.get_or_create(&labels).inc();
+        }
+        if let (Value::Object(meta), Ok(v)) = (&mut r.metadata, serde_json::to_value(&verdicts)) {
+            meta.insert("guard".into(), v);
+        }
     }
 
     /// The cache's part of the row: a hit cost nothing and saved what its answer cost when it was made.
