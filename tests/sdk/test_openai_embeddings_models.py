@@ -61,7 +61,7 @@ def test_embeddings_base64_answer_is_passed_through(oai, mock):
 def test_models_list(oai, mock):
     models = oai.models.list()
 
-    assert sorted(m.id for m in models.data) == ["claude-test", "claude-then-gpt", "embed-test", "gpt-test"]
+    assert sorted(m.id for m in models.data) == ["claude-guarded", "claude-test", "claude-then-gpt", "embed-test", "gpt-guarded", "gpt-test"]
     assert {m.object for m in models.data} == {"model"}
     assert mock.attempts() == []  # answered from keel's configuration, not by an upstream
 
