@@ -26,9 +26,10 @@ struct Args {
     runs: usize,
 }
 
-/// Everything the input check redacts by default for an external provider (all types but dates).
+/// Everything the input check redacts by default for an external provider (patterns and tagger, the types
+/// `Entity::redacted_by_default` names).
 fn redacted(detector: &Detector, text: &str) -> String {
-    let findings: Vec<_> = detector.detect(text).into_iter().filter(|f| f.entity != Entity::DateTime).collect();
+    let findings: Vec<_> = detector.detect(text).into_iter().filter(|f| f.entity.redacted_by_default()).collect();
     Vault::new().redact(text, &findings)
 }
 
@@ -106,6 +107,7 @@ fn main() -> anyhow::Result<()> {
     let injection = InjectionGuard::new()?;
     let rules = InjectionGuard::rules_only()?;
     let detector = Detector::new()?;
+    let tagger = keel_guard::ner::Tagger::embedded()?;
     let deny = ["(?i)project\\s+bluebird".to_string(), "(?i)internal use only".to_string()];
     let output = OutputFilter::new(
         &deny,
@@ -127,6 +129,12 @@ fn main() -> anyhow::Result<()> {
             std::hint::black_box(injection.check(t, InputKind::Document));
         });
         measure("PII pattern layer", label, &texts, runs, |t| {
+            std::hint::black_box(detector.detect_patterns(t));
+        });
+        measure("PII named-entity tagger", label, &texts, runs, |t| {
+            std::hint::black_box(tagger.detect(t));
+        });
+        measure("PII detection, patterns + tagger", label, &texts, runs, |t| {
             std::hint::black_box(detector.detect(t));
         });
         measure("PII redaction (detect + placeholders)", label, &texts, runs, |t| {

@@ -5,6 +5,8 @@
 //! - [`pii`]: the PII pattern layer: regexes find candidates for personal data and secrets with a fixed shape
 //!   (e-mail addresses, phone numbers, payment cards, IBANs, national ids, IP addresses, API keys and
 //!   high-entropy tokens, URLs, dates), and hand-written validators and guards decide which are real.
+//! - [`ner`]: the named-entity tagger for personal data with no fixed shape: names, street addresses, places,
+//!   organisations and the like.
 //! - [`redact`]: reversible redaction: consistent placeholders out, the original values back in answers and
 //!   streams.
 //! - [`normalize`], [`injection`] and [`classifier`]: prompt-injection and jailbreak detection on text with its
@@ -13,6 +15,7 @@
 
 pub mod classifier;
 pub mod injection;
+pub mod ner;
 pub mod normalize;
 pub mod output;
 pub mod pii;

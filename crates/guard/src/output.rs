@@ -76,7 +76,12 @@ impl OutputFilter {
             catches.extend(re.find_iter(text).map(|m| (Catch::Deny(i), m.start(), m.end())));
         }
         if !self.entities.is_empty() {
-            for f in detector.detect(text) {
+            let found = if self.entities.iter().any(|e| e.is_tagged()) {
+                detector.detect(text)
+            } else {
+                detector.detect_patterns(text)
+            };
+            for f in found {
                 let value = &text[f.start..f.end];
                 if self.entities.contains(&f.entity) && !ctx.allowed(value) {
                     catches.push((Catch::Pii(f.entity), f.start, f.end));

@@ -23,6 +23,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use regex::Regex;
 use serde::Serialize;
 
+use crate::injection::InitError;
+use crate::ner::Tagger;
+
 /// A kind of personal data or secret the pattern layer recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entity {
@@ -41,11 +44,23 @@ pub enum Entity {
     DateTime,
     UsDriverLicense,
     Phone,
+    // Found by the named-entity tagger ([`crate::ner`]), not by a pattern.
+    Person,
+    StreetAddress,
+    /// A place: a city, region or country (Presidio's `GPE`, geopolitical entity).
+    Location,
+    Organization,
+    /// A form of address or job title ("Mrs.", "Dr.", "Software Engineer").
+    Title,
+    Age,
+    /// A nationality or a religious or political group (Presidio's `NRP`).
+    Nrp,
+    ZipCode,
 }
 
 impl Entity {
     /// Every entity, in declaration order.
-    pub const ALL: [Entity; 11] = [
+    pub const ALL: [Entity; 19] = [
         Entity::Secret,
         Entity::Email,
         Entity::Url,
@@ -57,6 +72,14 @@ impl Entity {
         Entity::DateTime,
         Entity::UsDriverLicense,
         Entity::Phone,
+        Entity::Person,
+        Entity::StreetAddress,
+        Entity::Location,
+        Entity::Organization,
+        Entity::Title,
+        Entity::Age,
+        Entity::Nrp,
+        Entity::ZipCode,
     ];
 
     /// The entity's name as Presidio (and the presidio-synth-pii data set) spells it; `SECRET` and
@@ -74,6 +97,14 @@ impl Entity {
             Entity::DateTime => "DATE_TIME",
             Entity::UsDriverLicense => "US_DRIVER_LICENSE",
             Entity::Phone => "PHONE_NUMBER",
+            Entity::Person => "PERSON",
+            Entity::StreetAddress => "STREET_ADDRESS",
+            Entity::Location => "GPE",
+            Entity::Organization => "ORGANIZATION",
+            Entity::Title => "TITLE",
+            Entity::Age => "AGE",
+            Entity::Nrp => "NRP",
+            Entity::ZipCode => "ZIP_CODE",
         }
     }
 
@@ -87,7 +118,39 @@ impl Entity {
             Entity::IpAddress => 6,
             Entity::DateTime | Entity::UsDriverLicense => 5,
             Entity::Phone => 4,
+            // The tagger's findings never meet the patterns' in `resolve_overlaps` (see `Detector::detect`).
+            Entity::Person
+            | Entity::StreetAddress
+            | Entity::Location
+            | Entity::Organization
+            | Entity::Title
+            | Entity::Age
+            | Entity::Nrp
+            | Entity::ZipCode => 3,
         }
+    }
+
+    /// Whether the named-entity tagger finds this type (or only it, for [`Entity::DateTime`] the patterns
+    /// too); the others come from the pattern layer alone.
+    pub fn is_tagged(self) -> bool {
+        crate::ner::CLASSES.contains(&Some(self))
+    }
+
+    /// Whether a prompt bound for a third-party provider is redacted of this type unless the configuration
+    /// says otherwise: personal data that points at a person (names, street addresses, contact details, ids,
+    /// cards, secrets) is; what is everywhere in ordinary prompts and rarely identifies anyone alone (dates,
+    /// places, organisations, titles, ages, nationalities, postal codes) is found but left alone.
+    pub fn redacted_by_default(self) -> bool {
+        !matches!(
+            self,
+            Entity::DateTime
+                | Entity::Location
+                | Entity::Organization
+                | Entity::Title
+                | Entity::Age
+                | Entity::Nrp
+                | Entity::ZipCode
+        )
     }
 }
 
@@ -111,10 +174,12 @@ pub struct Finding {
     pub end: usize,
 }
 
-/// The PII pattern layer, compiled once; [`Detector::detect`] takes `&self` and can be shared across threads.
+/// The PII detector: the pattern layer, compiled once, and the named-entity tagger ([`crate::ner`]).
+/// [`Detector::detect`] takes `&self` and can be shared across threads.
 #[derive(Debug)]
 pub struct Detector {
     recognizers: Vec<Recognizer>,
+    tagger: Tagger,
     /// Dates and times (`2021-03-04 10:22`, `04.03.2021`, `14:11:22`): a phone-number candidate that overlaps
     /// one is a timestamp, not a phone number.
     date_blocker: Regex,
@@ -435,16 +500,38 @@ const CONTEXT_CHARS: usize = 48;
 impl Detector {
     /// Compiles every recognizer. The patterns are constants, so an error here is a programming error (and
     /// the unit tests would fail); it is returned rather than panicking so callers decide.
-    pub fn new() -> Result<Self, regex::Error> {
+    pub fn new() -> Result<Self, InitError> {
         Ok(Detector {
             recognizers: recognizers()?,
+            tagger: Tagger::embedded()?,
             date_blocker: crate::ascii_regex(DATE_BLOCKER)?,
             phone_context: crate::ascii_regex(PHONE_CONTEXT)?,
         })
     }
 
-    /// All findings in `text`, without overlaps, sorted by start.
+    /// The pattern layer with another tagger than the committed one (to measure a tagger trained apart).
+    pub fn with_tagger(tagger: Tagger) -> Result<Self, InitError> {
+        Ok(Detector { tagger, ..Self::new()? })
+    }
+
+    /// All findings in `text`, without overlaps, sorted by start: the pattern layer's, then the tagger's
+    /// where they overlap none of them (a validated card number or e-mail address is more certain than a
+    /// tagged span around it).
     pub fn detect(&self, text: &str) -> Vec<Finding> {
+        let mut found = self.detect_patterns(text);
+        let patterns = found.len();
+        for t in self.tagger.detect(text) {
+            if found[..patterns].iter().all(|f| t.end <= f.start || t.start >= f.end) {
+                found.push(Finding { entity: t.entity, start: t.start, end: t.end });
+            }
+        }
+        found.sort_by_key(|f| (f.start, f.end));
+        found
+    }
+
+    /// The pattern layer's findings alone, for callers whose policy asks for none of the tagged types (see
+    /// [`Entity::is_tagged`]).
+    pub fn detect_patterns(&self, text: &str) -> Vec<Finding> {
         let blockers: Vec<(usize, usize)> = self.date_blocker.find_iter(text).map(|m| (m.start(), m.end())).collect();
         let mut candidates = Vec::new();
         for rec in &self.recognizers {
@@ -705,6 +792,15 @@ fn guard_ok(entity: Entity, text: &str, start: usize, end: usize, blockers: &[(u
             !hash_labelled(text, start)
         }
         Entity::Email | Entity::Url | Entity::DateTime | Entity::UsDriverLicense => true,
+        // Not pattern recognizers.
+        Entity::Person
+        | Entity::StreetAddress
+        | Entity::Location
+        | Entity::Organization
+        | Entity::Title
+        | Entity::Age
+        | Entity::Nrp
+        | Entity::ZipCode => true,
     }
 }
 
@@ -1083,7 +1179,21 @@ mod tests {
     }
 
     fn kinds(d: &Detector, text: &str) -> Vec<(String, Entity)> {
-        d.detect(text).iter().map(|f| (text[f.start..f.end].to_string(), f.entity)).collect()
+        d.detect_patterns(text).iter().map(|f| (text[f.start..f.end].to_string(), f.entity)).collect()
+    }
+
+    #[test]
+    fn the_tagger_adds_what_no_pattern_found_and_never_overlaps_a_pattern() {
+        let d = detector();
+        let text = "Please ship it to Joanna Kowalski, 1432 Maple Avenue, and mail joanna.k@example.com.";
+        let all = d.detect(text);
+        let patterns = d.detect_patterns(text);
+        assert!(patterns.iter().all(|p| all.contains(p)), "{all:?}");
+        assert!(all.iter().any(|f| f.entity == Entity::Person), "{all:?}");
+        for f in all.iter().filter(|f| f.entity.is_tagged()) {
+            assert!(patterns.iter().all(|p| f.end <= p.start || f.start >= p.end), "{f:?} overlaps {patterns:?}");
+        }
+        assert!(all.windows(2).all(|w| w[0].start <= w[1].start), "sorted: {all:?}");
     }
 
     #[test]
@@ -1373,6 +1483,9 @@ mod tests {
         assert_eq!(Entity::Url.as_str(), "DOMAIN_NAME");
         assert_eq!(Entity::Phone.to_string(), "PHONE_NUMBER");
         assert!(Entity::Secret.priority() > Entity::Phone.priority());
-        assert_eq!(Entity::ALL.len(), 11);
+        assert_eq!(Entity::ALL.len(), 19);
+        assert_eq!(Entity::parse("person"), Some(Entity::Person));
+        assert!(Entity::Person.is_tagged() && Entity::DateTime.is_tagged() && !Entity::Email.is_tagged());
+        assert!(!Entity::Location.redacted_by_default() && Entity::Email.redacted_by_default());
     }
 }
