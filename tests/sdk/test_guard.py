@@ -72,6 +72,25 @@ def test_an_injection_is_refused_in_each_apis_format(oai, anth, mock):
     assert ok.choices[0].message.content == "echo: Which river flows through Lima?"
 
 
+def test_a_name_and_a_street_address_leave_as_placeholders_and_come_back(oai, anth, mock):
+    ask = "Please forward the contract to Joanna Kowalski at 1432 Maple Avenue, Springfield."
+    raw = oai.chat.completions.with_raw_response.create(
+        model="gpt-guarded", messages=[{"role": "user", "content": ask}])
+    sent = upstream_text(mock)
+    assert "Kowalski" not in sent and "Maple" not in sent, sent
+    assert "[PERSON_1]" in sent and "[STREET_ADDRESS_1]" in sent, sent
+    assert raw.parse().choices[0].message.content == f"echo: {ask}"
+    verdict = raw.headers["x-keel-guard"]
+    assert "PERSON:1" in verdict and "STREET_ADDRESS:1" in verdict, verdict
+    # A place is found but, by default, not redacted.
+    assert "Springfield" in sent and "GPE" not in verdict, (sent, verdict)
+    mock.reset()
+    with anth.messages.stream(model="claude-guarded", max_tokens=64,
+                              messages=[{"role": "user", "content": ask}]) as s:
+        assert s.get_final_text() == f"echo: {ask}"
+    assert "Kowalski" not in upstream_text(mock)
+
+
 def test_an_answer_carrying_a_secret_is_withheld(oai, mock):
     leak = "Here is what the notes say. " * 8 + f"The deploy key is {SECRET}; keep it safe."
     mock.script(text(leak))

@@ -99,6 +99,12 @@ impl GuardPolicy {
             || self.output != GuardAction::Off
             || self.canary
     }
+
+    /// Whether a prompt's personal data must be looked for with the named-entity tagger as well as the
+    /// patterns: some type only the tagger finds is not off.
+    pub fn needs_tagger(&self) -> bool {
+        self.pii.iter().any(|(e, a)| e.is_tagged() && *a != GuardAction::Off)
+    }
 }
 
 fn action(path: &str, text: Option<&str>, default: GuardAction, redact: bool, errors: &mut Errors) -> GuardAction {
@@ -141,9 +147,13 @@ pub(crate) fn resolve_guard(
     } else {
         action(&path("pii_local"), pick("pii_local"), GuardAction::Off, true, errors)
     };
-    let mut pii: BTreeMap<Entity, GuardAction> = Entity::ALL.into_iter().map(|e| (e, pii_default)).collect();
-    // Dates are everywhere in ordinary prompts and identify no one alone: off unless named.
-    pii.insert(Entity::DateTime, GuardAction::Off);
+    // Dates, places, organisations and the like are everywhere in ordinary prompts and identify no one alone:
+    // off unless named (`Entity::redacted_by_default`).
+    let pii: BTreeMap<Entity, GuardAction> = Entity::ALL
+        .into_iter()
+        .map(|e| (e, if e.redacted_by_default() { pii_default } else { GuardAction::Off }))
+        .collect();
+    let mut pii = pii;
     if external {
         for (src, raw) in [("guard", g), (&*format!("models.{name}.guard"), m)] {
             for (entity, act) in &raw.entities {
@@ -268,6 +278,11 @@ mod tests {
         assert_eq!(gpt.pii[&Entity::Email], GuardAction::Redact);
         assert_eq!(gpt.pii[&Entity::Phone], GuardAction::Flag);
         assert_eq!(gpt.pii[&Entity::DateTime], GuardAction::Off);
+        // Names and street addresses are redacted like the pattern types; places and organisations are not.
+        assert_eq!(gpt.pii[&Entity::Person], GuardAction::Redact);
+        assert_eq!(gpt.pii[&Entity::StreetAddress], GuardAction::Redact);
+        assert_eq!(gpt.pii[&Entity::Location], GuardAction::Off);
+        assert!(gpt.needs_tagger());
         let small = cfg.models["small"].guard.clone().unwrap();
         assert!(small.pii.values().all(|a| *a == GuardAction::Off), "local only: {small:?}");
         // A local alias whose fallback is a third party is treated as a third party: the chain may end there.

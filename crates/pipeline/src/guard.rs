@@ -281,7 +281,7 @@ fn check_input(guard: &RouteGuard, mut req: ChatRequest, passages: &[String], re
         let mut flagged: HashMap<Entity, usize> = HashMap::new();
         for m in req.messages.iter_mut() {
             for text in texts_mut(m) {
-                let findings = engines.detector.detect(text);
+                let findings = personal_data(engines, policy, text);
                 if findings.is_empty() {
                     continue;
                 }
@@ -758,7 +758,7 @@ pub fn check_text(guard: &RouteGuard, text: &str, source: TextSource) -> TextChe
             }
         }
         let mut redact = Vec::new();
-        for f in engines.detector.detect(text) {
+        for f in personal_data(engines, policy, text) {
             let action = policy.pii.get(&f.entity).copied().unwrap_or(GuardAction::Off);
             if action == GuardAction::Off {
                 continue;
@@ -777,6 +777,12 @@ pub fn check_text(guard: &RouteGuard, text: &str, source: TextSource) -> TextChe
     out
 }
 
+/// The personal data in `text` the policy can act on: the tagger runs only when some type it alone finds is
+/// on (it costs more than the patterns, see docs/security.md).
+fn personal_data(engines: &Engines, policy: &GuardPolicy, text: &str) -> Vec<keel_guard::Finding> {
+    if policy.needs_tagger() { engines.detector.detect(text) } else { engines.detector.detect_patterns(text) }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -785,9 +791,10 @@ mod tests {
     use keel_types::{ChunkChoice, Delta, FunctionCallDelta, ToolCallDelta};
 
     fn policy(injection: GuardAction, pii: GuardAction, output: GuardAction) -> GuardPolicy {
-        let mut map: std::collections::BTreeMap<Entity, GuardAction> =
-            Entity::ALL.into_iter().map(|e| (e, pii)).collect();
-        map.insert(Entity::DateTime, GuardAction::Off);
+        let map: std::collections::BTreeMap<Entity, GuardAction> = Entity::ALL
+            .into_iter()
+            .map(|e| (e, if e.redacted_by_default() { pii } else { GuardAction::Off }))
+            .collect();
         GuardPolicy {
             injection,
             pii: map,
