@@ -160,6 +160,19 @@ guard = {{ injection = "block", pii = "redact", output = "block" }}
 provider = "an"
 model = "mock-claude"
 fallbacks = ["gpt-test"]
+
+# Prompt templates (test_templates.py): called by name with variables, from either SDK.
+[templates.capital]
+model = "gpt-test"
+system = "Answer with the city only."
+prompt = "What is the capital of {{{{ country }}}}?{{% if hint %}} Hint: {{{{ hint }}}}.{{% endif %}}"
+temperature = 0.0
+max_tokens = 20
+
+[templates.label]
+model = "claude-test"
+prompt = "Label this ticket: {{{{ ticket }}}}"
+response_schema = '{{"type": "object", "properties": {{"label": {{"type": "string"}}}}, "required": ["label"]}}'
 """)
 
 

@@ -92,5 +92,7 @@ fn row(i: usize, base: i64, body: &str) -> Record {
         request_body: Some(body.to_string()),
         response_body: Some(body.to_string()),
         metadata: serde_json::json!({"tags": ["bench"]}),
+        template: None,
+        template_version: None,
     }
 }

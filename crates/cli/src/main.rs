@@ -2,6 +2,7 @@
 
 mod cache;
 mod default_config;
+mod eval;
 mod guard;
 mod logs;
 mod metrics;
@@ -62,6 +63,11 @@ enum Command {
     Rag {
         #[command(subcommand)]
         command: rag::RagCommand,
+    },
+    /// Evaluation: run suites through keel, list, show and compare runs.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
     },
     /// Guardrails: check text with a route's guards.
     Guard {
@@ -257,6 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             runtime.block_on(keys_command(&store, command))
         }
         Command::Guard { command } => guard::run(command),
+        Command::Eval { command } => eval::run(command),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
             Ok(std::process::ExitCode::SUCCESS)
@@ -372,6 +379,20 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    serve_on(cfg, listener, shutdown_signal(), None).await
+}
+
+/// Serves on `listener` until `shutdown` resolves; `ready` hears the address once keel accepts requests (its
+/// models loaded, its store open).
+pub(crate) async fn serve_on(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
     use std::sync::Arc;
     let nofile = raise_fd_limit();
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
@@ -462,6 +483,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         shutdown: keel_server::Shutdown::default(),
         // The OpenAI Files and vector stores APIs keep their files and records in the data directory.
         files_dir: Some(PathBuf::from(keel_config::data_dir(&ProcessEnv)).join("files")),
+        templates: Arc::new(keel_pipeline::Templates::new(&cfg.templates).map_err(anyhow::Error::msg)?),
     });
     let limits = keel_server::ServerLimits {
         max_body_bytes: server.max_body_bytes,
@@ -470,9 +492,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ..keel_server::ServerLimits::default()
     };
     let router = keel_server::router(state.clone(), limits);
-    let listener = tokio::net::TcpListener::bind(server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", server.listen))?;
     let addr = listener.local_addr()?;
     // A connection holds a descriptor and, while a request is in flight, usually one upstream: half the limit.
     let max_connections = server
@@ -497,7 +516,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let state = state.clone();
         move || state.deadline()
     };
-    keel_server::serve(listener, router, shutdown_signal(), opts, at_deadline).await?;
+    if let Some(r) = ready {
+        let _ = r.send(addr);
+    }
+    keel_server::serve(listener, router, shutdown, opts, at_deadline).await?;
     drop(state);
     // Every connection is gone: the rows of requests cut at the deadline are queued; write them all.
     if let Some(task) = writer_task {

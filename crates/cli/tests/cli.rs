@@ -190,6 +190,8 @@ fn keel_logs_reads_the_store_filtered_newest_last() {
         request_body: None,
         response_body: None,
         metadata: serde_json::json!({}),
+        template: None,
+        template_version: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

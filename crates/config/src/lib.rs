@@ -10,6 +10,7 @@ mod rag;
 mod raw;
 mod reliability;
 mod resolve;
+mod template;
 mod toml_errors;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub use resolve::{
     Config, DEFAULT_MAX_RESPONSE_BYTES, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
     ProviderKind, Secret, ServerConfig, default_max_in_flight,
 };
+pub use template::{Template, used_variables};
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

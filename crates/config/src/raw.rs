@@ -34,6 +34,9 @@ pub struct RawConfig {
     pub rag: crate::rag::RawRag,
     /// `[guard]`: guardrails for every alias (absent: none, unless an alias has its own).
     pub guard: Option<crate::guard::RawGuard>,
+    /// `[templates.NAME]`: named, versioned prompt templates.
+    #[serde(default)]
+    pub templates: BTreeMap<String, crate::template::RawTemplate>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -24,6 +24,8 @@ pub struct Config {
     pub rag: crate::rag::RagConfig,
     pub prices: BTreeMap<String, crate::log::Price>,
     pub cache: crate::cache::CacheConfig,
+    /// Prompt templates by name.
+    pub templates: BTreeMap<String, crate::template::Template>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,8 +357,9 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
             ),
         );
     }
+    let templates = crate::template::resolve_templates(&raw.templates, &|a| models.contains_key(a), &mut errors);
     if errors.0.is_empty() {
-        Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache, rag })
+        Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache, rag, templates })
     } else {
         Err(ConfigErrors(errors.0))
     }

@@ -131,6 +131,8 @@ async fn spend_already_in_the_log_counts_against_the_budget() {
         request_body: None,
         response_body: None,
         metadata: serde_json::json!({}),
+        template: None,
+        template_version: None,
     };
     store.insert(std::slice::from_ref(&row)).await.unwrap();
     row.id = "old2".into();

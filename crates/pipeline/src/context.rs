@@ -153,6 +153,8 @@ pub struct RequestContext {
     pub sources: Option<Arc<Vec<crate::ground::Passage>>>,
     /// The guards' verdicts (`[guard]`); appended by the guard stage, during a stream too.
     pub guard: crate::guard::GuardReport,
+    /// The prompt template the request named, with its version; set when its body is parsed.
+    pub template: Option<crate::template::TemplateUse>,
 }
 
 /// The attempt records of one request, shared with the stream that outlives the pipeline call. An attempt is
@@ -240,6 +242,7 @@ impl RequestContext {
             cost_usd: None,
             sources: None,
             guard: crate::guard::GuardReport::default(),
+            template: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod ground;
 pub mod guard;
 mod route;
 mod scope;
+pub mod template;
 
 pub use admission::{Limiter, RouteLimitLayer, RouteLimits};
 pub use cache::{
@@ -34,6 +35,7 @@ pub use ground::{GroundLayer, Passage, RetrieveError, Retriever};
 pub use guard::{GuardKind, GuardLayer, GuardRefusal, GuardReport, GuardVerdict};
 pub use route::{RouteError, RouteLayer, RoutePlan, RouteTable};
 pub use scope::ScopeLayer;
+pub use template::{TemplateUse, Templates};
 
 /// A request path (or part of one), cheap to clone per request.
 pub type Pipeline = tower::util::BoxCloneSyncService<GatewayRequest, GatewayResponse, std::convert::Infallible>;

@@ -25,10 +25,12 @@ pub(crate) struct RequestsParams {
     /// Milliseconds since the Unix epoch.
     since_ms: Option<i64>,
     until_ms: Option<i64>,
+    /// Only requests that used this prompt template.
+    template: Option<String>,
     limit: Option<u32>,
 }
 
-/// `GET /admin/requests?key=&model=&status=&outcome=&since_ms=&until_ms=&limit=`: log rows, newest first.
+/// `GET /admin/requests?key=&model=&status=&outcome=&since_ms=&until_ms=&template=&limit=`: log rows, newest first.
 pub(crate) async fn requests(
     State(app): State<AppState>,
     params: Result<QueryParams<RequestsParams>, axum::extract::rejection::QueryRejection>,
@@ -67,6 +69,7 @@ pub(crate) async fn requests(
         outcome,
         since_ms: params.since_ms,
         until_ms: params.until_ms,
+        template: params.template,
         limit: params.limit,
     };
     match store.query(&query).await {

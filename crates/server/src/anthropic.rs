@@ -12,8 +12,17 @@ use crate::body::RawBody;
 use crate::{AppState, encode};
 
 /// `POST /v1/messages`.
-pub(crate) async fn messages(State(app): State<AppState>, arrival: Arrival, body: RawBody) -> Response {
-    let req = body.parse::<MessagesRequest>().and_then(|m| translate(m, arrival.anthropic_beta.as_deref()));
+pub(crate) async fn messages(State(app): State<AppState>, mut arrival: Arrival, body: RawBody) -> Response {
+    let req = body
+        .parse::<MessagesRequest>()
+        .and_then(|m| translate(m, arrival.anthropic_beta.as_deref()))
+        .and_then(|r| app.template(r, &mut arrival))
+        .and_then(|r| {
+            if r.messages.is_empty() {
+                return Err(Rejection::invalid("messages: must contain at least one message", Some("messages".into())));
+            }
+            Ok(r)
+        });
     let resp = app.serve(arrival, body, req.map(Operation::chat)).await;
     encode::anthropic(resp)
 }
@@ -23,9 +32,6 @@ pub(crate) async fn messages(State(app): State<AppState>, arrival: Arrival, body
 fn translate(req: MessagesRequest, beta: Option<&str>) -> Result<ChatRequest, Rejection> {
     if req.model.is_empty() {
         return Err(Rejection::invalid("model: must not be empty", Some("model".into())));
-    }
-    if req.messages.is_empty() {
-        return Err(Rejection::invalid("messages: must contain at least one message", Some("messages".into())));
     }
     let mut chat = keel_translate::messages_request_to_chat(req).map_err(|e| Rejection::invalid(e.message, e.param))?;
     if let (Some(origin), Some(beta)) = (chat.anthropic.as_mut(), beta) {

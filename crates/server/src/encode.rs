@@ -1,6 +1,6 @@
 //! A gateway response in the shape of the API the client called: the answer whole (JSON) or as server-sent
 //! events, or the error in the API's error format; with keel's response headers (`x-keel-served-by`,
-//! `x-keel-attempts`, `x-keel-cost-usd`, `x-keel-cache`, `x-keel-cache-similarity`, `x-keel-guard`: the guards'
+//! `x-keel-attempts`, `x-keel-cost-usd`, `x-keel-cache`, `x-keel-cache-similarity`, `x-keel-template`: the prompt template and its version, `x-keel-guard`: the guards'
 //! verdicts known when the headers leave, those of the input and of a whole answer). A grounded answer carries
 //! the passages it was given as `sources`: a field of the completion (OpenAI) or message (Anthropic), and of
 //! the first chunk (OpenAI) or the `message_start` event's message (Anthropic) of a stream.
@@ -73,6 +73,11 @@ fn headers(resp: &mut Response, ctx: &RequestContext) {
     let h = resp.headers_mut();
     if let Some(v) = ctx.guard.header().and_then(|v| HeaderValue::from_str(&v).ok()) {
         h.insert("x-keel-guard", v);
+    }
+    if let Some(t) = &ctx.template
+        && let Ok(v) = HeaderValue::from_str(&format!("{}@{}", t.name, t.version))
+    {
+        h.insert("x-keel-template", v);
     }
     let attempts = ctx.attempts.snapshot();
     if let Some(a) = attempts.iter().rev().find(|a| matches!(a.outcome, AttemptOutcome::Ok))

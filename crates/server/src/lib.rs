@@ -68,6 +68,8 @@ struct Inner {
     collections: Option<Arc<keel_rag::Collections>>,
     /// Uploaded files and vector store records (`/v1/files`, `/v1/vector_stores`); none: those APIs are off.
     files: Option<Arc<files::FileArea>>,
+    /// Prompt templates, expanded when a request's body is parsed.
+    templates: Arc<keel_pipeline::Templates>,
 }
 
 /// Who may use `/admin/*`.
@@ -113,6 +115,8 @@ pub struct Parts {
     /// Where `/v1/files` keeps uploads (`<id>` and `<id>.json`) and `/v1/vector_stores` its records
     /// (`vector_stores/<id>.json`); none: the Files and vector stores APIs are off.
     pub files_dir: Option<std::path::PathBuf>,
+    /// Prompt templates (`[templates]`); empty: none.
+    pub templates: Arc<keel_pipeline::Templates>,
 }
 
 impl Parts {
@@ -143,6 +147,7 @@ impl Parts {
             shutdown: Shutdown::default(),
             collections: None,
             files_dir: None,
+            templates: Arc::new(keel_pipeline::Templates::default()),
         }
     }
 }
@@ -173,8 +178,20 @@ impl AppState {
             shutdown: p.shutdown,
             collections: p.collections,
             files: p.files_dir.map(|dir| Arc::new(files::FileArea::new(dir))),
+            templates: p.templates,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Expands the prompt template a chat request names (`keel_template`), noting it in the request's context.
+    pub(crate) fn template(
+        &self,
+        req: keel_types::ChatRequest,
+        arrival: &mut arrival::Arrival,
+    ) -> Result<keel_types::ChatRequest, Rejection> {
+        let (req, used) = self.inner.templates.expand(req)?;
+        arrival.ctx.template = used;
+        Ok(req)
     }
 
     /// Runs a parsed (or refused) request through the request path.

@@ -13,8 +13,8 @@ use crate::body::RawBody;
 use crate::{ApiError, AppState, encode};
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(app): State<AppState>, arrival: Arrival, body: RawBody) -> Response {
-    let req = body.parse::<ChatRequest>().and_then(validate_chat);
+pub(crate) async fn chat(State(app): State<AppState>, mut arrival: Arrival, body: RawBody) -> Response {
+    let req = body.parse::<ChatRequest>().and_then(|r| app.template(r, &mut arrival)).and_then(validate_chat);
     let wants_usage = req.as_ref().is_ok_and(ChatRequest::include_usage);
     let resp = app.serve(arrival, body, req.map(Operation::chat)).await;
     encode::openai(resp, wants_usage)

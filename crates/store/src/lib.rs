@@ -3,6 +3,7 @@
 //! migrations are embedded and run when a store is opened. Writes from the request path go through
 //! [`LogWriter`]: a queue bounded in bytes, batched into transactions, with an explicit policy when full.
 
+mod eval;
 mod keys;
 mod postgres;
 mod record;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+pub use eval::{EvalResult, EvalRun, EvalStore};
 pub use keys::KeyRecord;
 pub use postgres::PgStore;
 pub use record::{AttemptRow, CacheStatus, Outcome, Query, Record};
@@ -79,7 +81,7 @@ pub trait CacheStore: Send + Sync + 'static {
 /// A database that holds all of keel's state: what the two backends implement. Each component asks only for
 /// the capability it uses (`Arc<dyn LogStore>`, …; an `Arc<dyn Store>` converts to each), so a test double
 /// implements one small trait.
-pub trait Store: LogStore + KeyStore + CacheStore {
+pub trait Store: LogStore + KeyStore + CacheStore + EvalStore {
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
 }

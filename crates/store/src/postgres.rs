@@ -27,3 +27,4 @@ impl PgStore {
 }
 
 crate::sql::store_impl!(PgStore, sqlx::Postgres);
+crate::eval::eval_impl!(PgStore, sqlx::Postgres);

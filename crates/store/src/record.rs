@@ -42,6 +42,11 @@ pub struct Record {
     pub response_body: Option<String>,
     /// The client's metadata and tags (`x-keel-metadata`, `x-keel-tags`, OpenAI `user`/`metadata`).
     pub metadata: serde_json::Value,
+    /// The prompt template the request named (`keel_template`), and its version.
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub template_version: Option<String>,
 }
 
 /// How a request ended, as the client saw it.
@@ -149,6 +154,8 @@ pub struct Query {
     pub until_ms: Option<i64>,
     /// keel's id of the request or the client's `x-request-id`.
     pub id: Option<String>,
+    /// Only requests that used this prompt template.
+    pub template: Option<String>,
     /// At most this many rows (default 100, at most 10,000).
     pub limit: Option<u32>,
 }

@@ -5,7 +5,7 @@
 /// Columns of `requests`, in insert order.
 pub(crate) const COLUMNS: &str = "id, ts_ms, key_id, tenant, api, endpoint, model_requested, model_served, status, \
      outcome, error_class, stream, attempts, ttft_ms, latency_ms, tokens_in, tokens_out, tokens_cached, cost_usd, \
-     cache, request_body, response_body, metadata, client_request_id";
+     cache, request_body, response_body, metadata, client_request_id, template, template_version";
 
 pub(crate) const KEY_COLUMNS: &str = "id, name, hash, prefix, tenant, created_ms, revoked_ms, models, \
      budget_daily_usd, budget_monthly_usd, rpm, tpm";
@@ -67,7 +67,7 @@ macro_rules! store_impl {
                     }
                     let mut tx = self.pool.begin().await?;
                     let mut inserted = 0;
-                    // Bounded statement size: SQLite allows 32,766 parameters, 24 per row.
+                    // Bounded statement size: SQLite allows 32,766 parameters, 26 per row.
                     for chunk in rows.chunks(500) {
                         let mut qb =
                             sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO requests ({}) ", crate::sql::COLUMNS));
@@ -95,7 +95,9 @@ macro_rules! store_impl {
                                 .push_bind(r.request_body.clone())
                                 .push_bind(r.response_body.clone())
                                 .push_bind(r.metadata.to_string())
-                                .push_bind(r.client_request_id.clone());
+                                .push_bind(r.client_request_id.clone())
+                                .push_bind(r.template.clone())
+                                .push_bind(r.template_version.clone());
                         });
                         qb.push(" ON CONFLICT (id) DO NOTHING");
                         inserted += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -129,6 +131,9 @@ macro_rules! store_impl {
                         qb.push(" OR model_served LIKE ")
                             .push_bind(format!("%/{}", crate::sql::like_literal(v)))
                             .push(" ESCAPE '\\')");
+                    }
+                    if let Some(v) = &q.template {
+                        qb.push(" AND template = ").push_bind(v.clone());
                     }
                     if let Some(v) = q.status {
                         qb.push(" AND status = ").push_bind(i64::from(v));
@@ -188,6 +193,8 @@ macro_rules! store_impl {
                                 response_body: row.try_get("response_body")?,
                                 metadata: serde_json::from_str(&metadata)
                                     .map_err(|e| crate::StoreError::Invalid(format!("metadata: {e}")))?,
+                                template: row.try_get("template")?,
+                                template_version: row.try_get("template_version")?,
                             })
                         })
                         .collect()

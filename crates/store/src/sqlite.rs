@@ -35,3 +35,4 @@ impl SqliteStore {
 }
 
 crate::sql::store_impl!(SqliteStore, sqlx::Sqlite);
+crate::eval::eval_impl!(SqliteStore, sqlx::Sqlite);

@@ -41,6 +41,8 @@ fn record(i: usize, ts_ms: i64) -> Record {
         request_body: Some(format!("{{\"n\":{i}, \"text\":\"héllo ☃\"}}")),
         response_body: None,
         metadata: serde_json::json!({"tags": ["a", "b"], "user": "u1"}),
+        template: None,
+        template_version: None,
     }
 }
 
@@ -386,4 +388,76 @@ async fn a_cancelled_write_still_queues_its_row() {
     let got = inner.query(&Query { limit: Some(100), ..Query::default() }).await.unwrap();
     assert_eq!(got.len(), 3, "the abandoned write's row was written too");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Evaluation runs: created unfinished, results stored (and replaced) case by case, read in dataset order,
+/// listed newest first per suite, finished with a summary; and the request log's template columns.
+async fn eval_battery(store: Arc<dyn Store>) {
+    use keel_store::{EvalResult, EvalRun};
+    let suite = format!("suite-{}", rand_suffix());
+    let run = |id: &str, started_ms: i64| EvalRun {
+        id: id.into(),
+        suite: suite.clone(),
+        suite_hash: "abc".into(),
+        started_ms,
+        finished_ms: None,
+        cases: 3,
+        meta: serde_json::json!({"target": {"template": "t"}}),
+        summary: None,
+    };
+    let a = format!("{suite}-a");
+    let b = format!("{suite}-b");
+    store.create_run(&run(&a, 1_000)).await.unwrap();
+    store.create_run(&run(&b, 2_000)).await.unwrap();
+    assert!(store.create_run(&run(&a, 3_000)).await.is_err(), "a run id is unique");
+    let result = |case: &str, seq: u64, passed: bool| EvalResult {
+        run_id: a.clone(),
+        case_id: case.into(),
+        seq,
+        passed,
+        latency_ms: Some(12.5),
+        cost_usd: None,
+        detail: serde_json::json!({"output": format!("answer {case}")}),
+    };
+    store.put_result(&result("z", 2, false)).await.unwrap();
+    store.put_result(&result("y", 0, false)).await.unwrap();
+    store.put_result(&result("x", 1, true)).await.unwrap();
+    // A case run again (a resumed run that re-ran it) replaces its row.
+    store.put_result(&result("y", 0, true)).await.unwrap();
+    let got = store.results(&a).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| (r.case_id.as_str(), r.passed)).collect::<Vec<_>>(),
+        [("y", true), ("x", true), ("z", false)]
+    );
+    assert_eq!(got[1].detail["output"], "answer x");
+    assert!(store.results(&b).await.unwrap().is_empty());
+    let listed = store.runs(Some(&suite), 10).await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [b.as_str(), a.as_str()]);
+    assert!(listed.iter().all(|r| r.finished_ms.is_none()));
+    store.finish_run(&a, 5_000, &serde_json::json!({"pass_rate": 0.67})).await.unwrap();
+    let done = store.run(&a).await.unwrap().unwrap();
+    assert_eq!(done.finished_ms, Some(5_000));
+    assert_eq!(done.summary, Some(serde_json::json!({"pass_rate": 0.67})));
+    assert_eq!(done.meta["target"]["template"], "t");
+    assert!(store.run("no-such-run").await.unwrap().is_none());
+
+    let mut r = record(1, 1_950_000_000_000);
+    r.id = format!("{suite}-request");
+    r.template = Some(suite.clone());
+    r.template_version = Some("0123456789ab".into());
+    store.insert(&[r.clone(), record(2, 1_950_000_000_001)]).await.unwrap();
+    let by_template = store.query(&Query { template: Some(suite.clone()), ..Query::default() }).await.unwrap();
+    assert_eq!(by_template, vec![r]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_evaluation_runs() {
+    let (store, dir) = sqlite().await;
+    eval_battery(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_evaluation_runs() {
+    eval_battery(postgres().await).await;
 }

@@ -95,6 +95,7 @@ fn layering() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("keel-local", &["keel-types", "keel-config", "keel-providers"][..]),
         ("keel-rag", &[][..]),
         ("keel-guard", &[][..]),
+        ("keel-eval", &["keel-store"][..]),
         (
             "keel-server",
             &[

@@ -112,6 +112,8 @@ impl RequestLog {
             request_body: if raw.is_empty() { None } else { self.body(|| None, Some(raw)) },
             response_body: None,
             metadata: arrival.metadata.clone(),
+            template: ctx.template.as_ref().map(|t| t.name.to_string()),
+            template_version: ctx.template.as_ref().map(|t| t.version.to_string()),
         };
         Entry {
             log: self.clone(),
