@@ -173,6 +173,31 @@ max_tokens = 20
 model = "claude-test"
 prompt = "Label this ticket: {{{{ ticket }}}}"
 response_schema = '{{"type": "object", "properties": {{"label": {{"type": "string"}}}}, "required": ["label"]}}'
+
+# Routers (test_routing.py): rules by task, and a cascade that asks the cheaper model first and escalates an
+# answer that is not one of the labels.
+[prices.mock-mini]
+input = 0.5
+output = 1.0
+
+[models.gpt-mini]
+provider = "oa"
+model = "mock-mini"
+
+[routers.auto]
+default = "gpt-test"
+rules = [{{ to = "gpt-mini", tasks = ["classification"] }}, {{ to = "sentiment", tags = ["reviews"] }}]
+
+[routers.sentiment]
+cascade = ["gpt-mini", "gpt-test"]
+check = {{ type = "labels", labels = ["positive", "negative", "neutral"] }}
+
+# Online evaluation (test_feedback.py): every answer of the capital template is checked off the request path,
+# its score stored as feedback of source "check".
+[online_evals.capital-one-word]
+template = "capital"
+sample = 1.0
+check = {{ type = "regex", pattern = '^\\W*\\w+\\W*$' }}
 """)
 
 

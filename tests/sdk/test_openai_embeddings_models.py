@@ -61,7 +61,9 @@ def test_embeddings_base64_answer_is_passed_through(oai, mock):
 def test_models_list(oai, mock):
     models = oai.models.list()
 
-    assert sorted(m.id for m in models.data) == ["claude-guarded", "claude-test", "claude-then-gpt", "embed-test", "gpt-guarded", "gpt-test"]
+    # The aliases and the routers (test_routing.py) of the test configuration.
+    assert sorted(m.id for m in models.data) == ["auto", "claude-guarded", "claude-test", "claude-then-gpt",
+                                                 "embed-test", "gpt-guarded", "gpt-mini", "gpt-test", "sentiment"]
     assert {m.object for m in models.data} == {"model"}
     assert mock.attempts() == []  # answered from keel's configuration, not by an upstream
 

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         seed: 1,
         stops: Vec::new(),
         json_schema: None,
+        logprobs: false,
     };
     let mut prompt_rates = Vec::new();
     for _ in 0..3 {

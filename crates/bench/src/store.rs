@@ -94,5 +94,6 @@ fn row(i: usize, base: i64, body: &str) -> Record {
         metadata: serde_json::json!({"tags": ["bench"]}),
         template: None,
         template_version: None,
+        routing: None,
     }
 }

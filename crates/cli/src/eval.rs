@@ -30,12 +30,13 @@ pub struct Common {
     config: Option<PathBuf>,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Reports {
     /// Write everything (run, summary, every case) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write JUnit XML here.
+    /// Write JUnit XML here. With several suites, each suite's reports go to these paths with its name added
+    /// before the extension (`eval.xml` → `eval.gsm8k.xml`).
     #[arg(long)]
     junit: Option<PathBuf>,
     /// Write a self-contained HTML report here.
@@ -59,9 +60,17 @@ pub struct RunArgs {
     /// Continue an interrupted run: its id, or `latest` (the newest unfinished run of the suite).
     #[arg(long)]
     resume: Option<String>,
-    /// Only the first N cases of each suite.
+    /// Skip the first N cases of each suite (with `--limit`, a slice: `--skip 300 --limit 200`).
+    #[arg(long)]
+    skip: Option<usize>,
+    /// Only the first N cases of each suite (after `--skip`).
     #[arg(long)]
     limit: Option<usize>,
+    /// Send the cases to this model alias or router instead of the suite's `model` (suites with a `prompt`; a
+    /// template names its own model). The run is stored as `SUITE@MODEL`, so each model's runs are their own
+    /// baselines.
+    #[arg(long)]
+    model: Option<String>,
     /// Requests in flight at once (over the suite's `concurrency`).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -192,8 +201,27 @@ async fn run_suites(args: RunArgs) -> anyhow::Result<bool> {
     let mut suites = Vec::new();
     for path in &args.suites {
         let mut suite = Suite::load(path)?;
+        if let Some(n) = args.skip {
+            suite.cases.drain(..n.min(suite.cases.len()));
+        }
+        if let Some(m) = &args.model {
+            match &mut suite.target {
+                keel_eval::Target::Prompt { model, .. } => *model = m.clone(),
+                keel_eval::Target::Template { name, .. } => {
+                    anyhow::bail!("--model: suite {:?} runs template {name:?}, which names its own model", suite.name)
+                }
+            }
+            suite.name = format!("{}@{m}", suite.name);
+        }
         if let Some(n) = args.limit {
             suite.cases.truncate(n);
+        }
+        // The slice and the model are part of what ran: a run of another slice or model is not resumed as
+        // this one.
+        if args.skip.is_some() || args.model.is_some() {
+            let skip = args.skip.unwrap_or(0);
+            let model = args.model.as_deref().unwrap_or("");
+            suite.hash = format!("{}+skip{skip}+model:{model}", suite.hash);
         }
         if let Some(c) = args.concurrency {
             anyhow::ensure!((1..=64).contains(&c), "--concurrency: 1 to 64");
@@ -220,8 +248,9 @@ async fn run_suites(args: RunArgs) -> anyhow::Result<bool> {
     let keel = Keel::new(&base, args.api_key.clone(), Duration::from_secs(args.timeout.max(1)))?;
     let mut all_passed = true;
     let mut outcome = Ok(());
+    let many = suites.len() > 1;
     for suite in &suites {
-        match run_one(suite, &keel, &store, &args).await {
+        match run_one(suite, &keel, &store, &args, many).await {
             Ok(passed) => all_passed &= passed,
             Err(e) => {
                 outcome = Err(e);
@@ -258,7 +287,15 @@ fn progress_printer(name: &str, total: u64) -> (indicatif::ProgressBar, impl Fn(
 }
 
 /// Runs one suite, writes its reports and says whether it passed its gates.
-async fn run_one(suite: &Suite, keel: &Keel, store: &Arc<dyn EvalStore>, args: &RunArgs) -> anyhow::Result<bool> {
+/// `many`: several suites run, so each one's reports go to the paths given with its name added
+/// (`--junit eval.xml` → `eval.gsm8k.xml`).
+async fn run_one(
+    suite: &Suite,
+    keel: &Keel,
+    store: &Arc<dyn EvalStore>,
+    args: &RunArgs,
+    many: bool,
+) -> anyhow::Result<bool> {
     let resume = args.resume.as_deref().map(|r| if r == "latest" { Resume::Latest } else { Resume::Id(r.to_string()) });
     let (bar, progress) = progress_printer(&suite.name, suite.cases.len() as u64);
     let interrupt = async {
@@ -269,7 +306,8 @@ async fn run_one(suite: &Suite, keel: &Keel, store: &Arc<dyn EvalStore>, args: &
     let finished = keel_eval::run::run(suite, keel, store.clone(), resume, &progress, interrupt).await?;
     bar.finish_and_clear();
     print!("{}", report::text(&finished.run, &finished.summary));
-    write_reports(&args.reports, &finished.run, &finished.summary, &finished.results)?;
+    let reports = if many { args.reports.of_suite(&suite.name) } else { args.reports.clone() };
+    write_reports(&reports, &finished.run, &finished.summary, &finished.results)?;
     if finished.interrupted {
         eprintln!(
             "interrupted after {} of {} cases: continue with `keel eval run {} --resume {}`",
@@ -317,6 +355,25 @@ async fn run_one(suite: &Suite, keel: &Keel, store: &Arc<dyn EvalStore>, args: &
         println!("  gate passed");
     }
     Ok(failures.is_empty())
+}
+
+impl Reports {
+    /// The paths with the suite's name before the extension.
+    fn of_suite(&self, suite: &str) -> Self {
+        let name = |p: &PathBuf| {
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let file = match p.extension() {
+                Some(ext) => format!("{stem}.{suite}.{}", ext.to_string_lossy()),
+                None => format!("{stem}.{suite}"),
+            };
+            p.with_file_name(file)
+        };
+        Self {
+            json: self.json.as_ref().map(name),
+            junit: self.junit.as_ref().map(name),
+            html: self.html.as_ref().map(name),
+        }
+    }
 }
 
 fn write_reports(r: &Reports, run: &EvalRun, s: &keel_eval::Summary, results: &[EvalResult]) -> anyhow::Result<()> {

@@ -56,7 +56,7 @@ pub(crate) async fn run(url: &str, args: &LogsArgs) -> anyhow::Result<()> {
 }
 
 /// `15m`, `2h`, `7d` ago, or an RFC 3339 time, as milliseconds since the epoch.
-fn parse_since(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_since(s: &str) -> anyhow::Result<i64> {
     let at = match humantime::parse_duration(s) {
         Ok(ago) => SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH),
         Err(_) => humantime::parse_rfc3339_weak(s).with_context(|| {

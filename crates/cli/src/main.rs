@@ -6,7 +6,9 @@ mod eval;
 mod guard;
 mod logs;
 mod metrics;
+mod quality;
 mod rag;
+mod route;
 
 /// mimalloc: the gateway allocates many small, short-lived buffers per request; glibc's malloc showed up as
 /// a tenth of keel's CPU time under load.
@@ -69,6 +71,16 @@ enum Command {
         #[command(subcommand)]
         command: eval::EvalCommand,
     },
+    /// Routers: train a learned router from eval runs.
+    Route {
+        #[command(subcommand)]
+        command: route::RouteCommand,
+    },
+    /// Production quality over time per route and template version: errors, schema failures, guard verdicts,
+    /// user feedback and online evaluation scores, from the request log.
+    Quality(quality::QualityArgs),
+    /// Export approved request/answer pairs and corrections as an OpenAI chat fine-tuning dataset (JSONL).
+    Export(quality::ExportArgs),
     /// Guardrails: check text with a route's guards.
     Guard {
         #[command(subcommand)]
@@ -232,6 +244,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Config { command: ConfigCommand::Check { file } } => match keel_config::load(&file, &ProcessEnv) {
             Ok(cfg) => {
+                // What only building the routes finds: schemas, guards, a learned router's weights file.
+                let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
+                let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
+                if let Err(e) =
+                    keel_pipeline::RouteTable::build(cfg.models.values(), cfg.routers.values(), Some(&prices))
+                {
+                    eprintln!("{}: 1 problem(s)\n  {e}", file.display());
+                    return Ok(std::process::ExitCode::FAILURE);
+                }
                 println!("{}: ok ({} providers, {} models)", file.display(), cfg.providers.len(), cfg.models.len());
                 Ok(std::process::ExitCode::SUCCESS)
             }
@@ -264,6 +285,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Guard { command } => guard::run(command),
         Command::Eval { command } => eval::run(command),
+        Command::Route { command } => route::run(command),
+        Command::Quality(args) => tokio::runtime::Runtime::new()?.block_on(quality::quality(args)),
+        Command::Export(args) => tokio::runtime::Runtime::new()?.block_on(quality::export(args)),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", default_config::text(&ProcessEnv));
             Ok(std::process::ExitCode::SUCCESS)
@@ -385,6 +409,49 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     serve_on(cfg, listener, shutdown_signal(), None).await
 }
 
+/// The online evaluations of the configuration (`[online_evals]`), evaluating through this keel's own port
+/// (with the admin key when `[auth]` is on); none configured: none.
+fn online_evals(
+    cfg: &Config,
+    listener: &tokio::net::TcpListener,
+    store: Option<std::sync::Arc<dyn keel_store::Store>>,
+) -> anyhow::Result<Option<keel_eval::Online>> {
+    if cfg.online_evals.is_empty() {
+        return Ok(None);
+    }
+    let store = store.context("[online_evals] needs keel's store ([log] enabled = true)")?;
+    let mut checks = Vec::new();
+    for e in cfg.online_evals.values() {
+        let check = keel_eval::OnlineCheck::new(
+            &e.name,
+            e.route.clone(),
+            e.template.clone(),
+            e.sample,
+            &e.check,
+            e.embedding_model.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if check.check.needs_model() && cfg.auth.enabled && cfg.auth.admin_key.is_none() {
+            anyhow::bail!(
+                "online_evals.{}: a judge or similarity check calls keel itself, which needs the admin key when \
+                 [auth] is on (KEEL_ADMIN_KEY or auth.admin_key_env)",
+                e.name
+            );
+        }
+        checks.push(check);
+    }
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let key = cfg.auth.admin_key.as_ref().map(|k| k.expose().to_string());
+    let keel = keel_eval::Keel::new(&format!("http://{addr}"), key, std::time::Duration::from_secs(120))
+        .map_err(|e| anyhow::anyhow!("online evaluation: {e}"))?;
+    tracing::info!(evaluations = checks.len(), "online evaluation on");
+    let (online, _task) = keel_eval::Online::spawn(checks, keel, store);
+    Ok(Some(online))
+}
+
 /// Serves on `listener` until `shutdown` resolves; `ready` hears the address once keel accepts requests (its
 /// models loaded, its store open).
 pub(crate) async fn serve_on(
@@ -398,7 +465,10 @@ pub(crate) async fn serve_on(
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
     let mut sources = Vec::new();
     let providers = with_local_models(&cfg, providers, &mut sources).await?;
-    let routes = keel_pipeline::RouteTable::new(cfg.models.values()).map_err(anyhow::Error::msg)?;
+    let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
+    let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
+    let routes = keel_pipeline::RouteTable::build(cfg.models.values(), cfg.routers.values(), Some(&prices))
+        .map_err(anyhow::Error::msg)?;
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let (writer, writer_task, store) = if cfg.log.enabled {
         let store = keel_store::open(&cfg.store)
@@ -444,8 +514,6 @@ pub(crate) async fn serve_on(
         sources.extend(metrics::admission(alias, limiter));
     }
     sources.extend(metrics::connections(&conn_stats));
-    let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
-    let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
     let auth = match &store {
         Some(store) => Some(Arc::new(auth(&cfg, store.clone(), prices.clone()).await?)),
         None if cfg.auth.enabled => anyhow::bail!("[auth] enabled needs keel's store: set [log] enabled = true"),
@@ -459,13 +527,36 @@ pub(crate) async fn serve_on(
             a.settler.dropped().clone(),
         ));
     }
+    let online = online_evals(&cfg, &listener, store.clone())?;
+    if let Some(o) = &online {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (outcome, help) in [
+            ("evaluated", "Requests scored by online evaluation"),
+            ("dropped", "Requests not evaluated because the online evaluation queue was full"),
+            ("unreadable", "Requests not evaluated because their bodies were not logged in full"),
+            ("failed", "Online evaluations that could not run or be stored"),
+        ] {
+            let stats = o.stats().clone();
+            sources.push(keel_server::Source::counter_fn("online_evals", help, &[("outcome", outcome)], move || {
+                match outcome {
+                    "evaluated" => stats.evaluated.load(Relaxed),
+                    "dropped" => stats.dropped.load(Relaxed),
+                    "unreadable" => stats.unreadable.load(Relaxed),
+                    _ => stats.failed.load(Relaxed),
+                }
+            }));
+        }
+    }
     let metrics = Arc::new(keel_server::Metrics::new(breakers.clone(), writer.as_ref().map(|w| w.stats().clone())));
     metrics.add(sources);
     let admin =
         keel_server::AdminAccess::of(cfg.auth.admin_key.as_ref(), cfg.auth.open_admin_on_loopback, server.listen);
     say_admin_access(&admin, &cfg);
-    let log =
+    let mut log =
         keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
+    if let Some(o) = online {
+        log = log.with_tap(Arc::new(move |r: &keel_store::Record| o.offer(r)));
+    }
     let collections =
         rag::serving(&cfg, keel_pipeline::Call::new(providers.clone(), breakers.clone()), &routes).await?;
     let state = keel_server::AppState::from_parts(keel_server::Parts {
@@ -476,6 +567,7 @@ pub(crate) async fn serve_on(
         route_limits,
         breakers,
         log: Arc::new(log),
+        feedback: store.clone().map(|s| s as Arc<dyn keel_store::FeedbackStore>),
         store: store.map(|s| s as Arc<dyn keel_store::LogStore>),
         auth,
         admin,

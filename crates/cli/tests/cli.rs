@@ -192,6 +192,7 @@ fn keel_logs_reads_the_store_filtered_newest_last() {
         metadata: serde_json::json!({}),
         template: None,
         template_version: None,
+        routing: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -149,7 +149,7 @@ async fn an_interrupted_run_resumes_without_running_a_case_twice() {
     )
     .unwrap();
     let cfg = config(&dir, &mock, "");
-    let child = tokio::process::Command::new(KEEL)
+    let mut child = tokio::process::Command::new(KEEL)
         .args(["eval", "run", suite.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -160,6 +160,10 @@ async fn an_interrupted_run_resumes_without_running_a_case_twice() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let run = loop {
         assert!(std::time::Instant::now() < deadline, "the run never stored three results");
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().await.unwrap();
+            panic!("the run ended ({status}) before three results were stored: {}", text(&out));
+        }
         if let Some(r) = store.runs(Some("say"), 1).await.ok().and_then(|r| r.into_iter().next())
             && store.results(&r.id).await.unwrap().len() >= 3
         {

@@ -6,10 +6,12 @@
 mod cache;
 mod guard;
 mod log;
+mod online;
 mod rag;
 mod raw;
 mod reliability;
 mod resolve;
+mod router;
 mod template;
 mod toml_errors;
 
@@ -18,12 +20,14 @@ use std::path::Path;
 pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
 pub use guard::{DEFAULT_OUTPUT_ENTITIES, GuardAction, GuardPolicy};
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store};
+pub use online::OnlineEval;
 pub use rag::{ChunkSizes, DEFAULT_RAG_MODEL, MAX_GROUNDING_K, RagConfig, Retrieval, RetrievalMode};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
 pub use resolve::{
     Config, DEFAULT_MAX_RESPONSE_BYTES, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
-    ProviderKind, Secret, ServerConfig, default_max_in_flight,
+    ProviderKind, Secret, ServerConfig, TargetOrder, default_max_in_flight,
 };
+pub use router::{Cascade, CascadeCheck, CascadeStream, Learned, Router, RouterKind, Rule, Task};
 pub use template::{Template, used_variables};
 
 /// One problem in a configuration file, with the dotted path of the key it concerns.

@@ -37,6 +37,12 @@ pub struct RawConfig {
     /// `[templates.NAME]`: named, versioned prompt templates.
     #[serde(default)]
     pub templates: BTreeMap<String, crate::template::RawTemplate>,
+    /// `[online_evals.NAME]`: checks on a sample of live requests.
+    #[serde(default)]
+    pub online_evals: BTreeMap<String, crate::online::RawOnlineEval>,
+    /// `[routers.NAME]`: model names that choose an alias per request (rules, cascades, learned).
+    #[serde(default)]
+    pub routers: BTreeMap<String, crate::router::RawRouter>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -150,4 +156,6 @@ pub struct RawModel {
     pub rag: Option<crate::rag::RawModelRag>,
     /// `[models.X.guard]`: this alias's guardrails, over `[guard]`.
     pub guard: Option<crate::guard::RawGuard>,
+    /// The order its targets are tried in: `"config"` (as written, the default) or `"cheapest"` (by price).
+    pub choose: Option<String>,
 }

@@ -26,6 +26,10 @@ pub struct Config {
     pub cache: crate::cache::CacheConfig,
     /// Prompt templates by name.
     pub templates: BTreeMap<String, crate::template::Template>,
+    /// Online evaluations by name.
+    pub online_evals: BTreeMap<String, crate::online::OnlineEval>,
+    /// Routers by the model name clients send.
+    pub routers: BTreeMap<String, crate::router::Router>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +227,19 @@ pub struct ModelAlias {
     pub retrieval: Option<crate::rag::Retrieval>,
     /// The alias's guardrails (`[guard]`, `[models.X.guard]`); `None`: no guard runs.
     pub guard: Option<crate::guard::GuardPolicy>,
+    /// The order its targets are tried in.
+    pub choose: TargetOrder,
+}
+
+/// The order an alias tries its targets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetOrder {
+    /// As written: its own target, then its fallbacks'.
+    #[default]
+    Config,
+    /// Cheapest first by the price table (for one model offered by several providers); ties keep the written
+    /// order, and a target whose circuit is open is skipped like any other.
+    Cheapest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -357,9 +374,40 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
             ),
         );
     }
-    let templates = crate::template::resolve_templates(&raw.templates, &|a| models.contains_key(a), &mut errors);
+    let routers = crate::router::resolve_routers(
+        &raw.routers,
+        &|a| models.contains_key(a),
+        &|t| raw.templates.contains_key(t),
+        &mut errors,
+    );
+    let templates = crate::template::resolve_templates(
+        &raw.templates,
+        &|a| models.contains_key(a) || routers.contains_key(a),
+        &mut errors,
+    );
+    let online_evals = crate::online::resolve_online(
+        &raw.online_evals,
+        &|a| models.contains_key(a),
+        &|t| templates.contains_key(t),
+        log.enabled && log.bodies == crate::BodyPolicy::Full,
+        &mut errors,
+    );
     if errors.0.is_empty() {
-        Ok(Config { server, providers, models, store, log, auth, telemetry, prices, cache, rag, templates })
+        Ok(Config {
+            server,
+            providers,
+            models,
+            store,
+            log,
+            auth,
+            telemetry,
+            prices,
+            cache,
+            rag,
+            templates,
+            online_evals,
+            routers,
+        })
     } else {
         Err(ConfigErrors(errors.0))
     }
@@ -610,5 +658,13 @@ fn resolve_model(
         },
         retrieval,
         guard: None,
+        choose: match raw.choose.as_deref() {
+            None | Some("config") => TargetOrder::Config,
+            Some("cheapest") => TargetOrder::Cheapest,
+            Some(other) => {
+                errors.push(format!("models.{name}.choose"), format!("{other:?}: expected \"config\" or \"cheapest\""));
+                TargetOrder::Config
+            }
+        },
     })
 }

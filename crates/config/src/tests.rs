@@ -1,6 +1,6 @@
 //! Configuration parsing and validation, driven by examples.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 
@@ -92,7 +92,7 @@ fn unknown_keys_and_bad_types_are_rejected() {
     check_err(
         "[sever]\n",
         expect![
-            "sever: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache`, `rag`, `guard`, `templates` (at line 1, column 2)"
+            "sever: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache`, `rag`, `guard`, `templates`, `online_evals`, `routers` (at line 1, column 2)"
         ],
     );
 }
@@ -294,5 +294,104 @@ fn a_grounded_alias_names_its_collection_and_needs_the_embeddings_model() {
             models.support.rag.k: must be between 1 and 20
             models.support.rag.mode: "fuzzy" is not one of bm25, vector, hybrid
             models.support.rag: retrieval needs the collections' embeddings model: no model alias "all-minilm-l6-v2" is configured ([rag] model)"#]],
+    );
+}
+
+#[test]
+fn online_evaluations_name_known_requests_a_fraction_and_a_check_and_need_full_bodies() {
+    let base = "[providers.local]\nkind = \"local\"\n[models.small]\nprovider = \"local\"\nmodel = \"smollm2\"\n\
+                [templates.t]\nmodel = \"small\"\nprompt = \"{{ q }}\"\n";
+    let cfg = parse(
+        &format!(
+            "{base}[log]\nbodies = \"full\"\n[online_evals.fmt]\ntemplate = \"t\"\nsample = 0.25\n\
+             check = {{ type = \"regex\", pattern = \"^[A-D]$\" }}\n"
+        ),
+        &env(),
+    )
+    .unwrap();
+    let e = &cfg.online_evals["fmt"];
+    assert_eq!((e.template.as_deref(), e.route.as_deref(), e.sample), (Some("t"), None, 0.25));
+    assert_eq!(e.check.get("pattern").and_then(|p| p.as_str()), Some("^[A-D]$"));
+    check_err(
+        &format!(
+            "{base}[online_evals.x]\nroute = \"nope\"\nsample = 0\ncheck = {{ type = \"regex\", pattern = \"a\" }}\n\
+             [online_evals.y]\ntemplate = \"t\"\n"
+        ),
+        expect![[r#"
+            online_evals.x.route: unknown model alias "nope"
+            online_evals.x.sample: 0 is not a fraction in (0, 1]
+            online_evals.x: online evaluation reads the prompt and the answer from the request log: set [log] enabled = true and bodies = "full"
+            online_evals.y.check: required: a check table as in eval suites, e.g. { type = "regex", pattern = "..." }
+            online_evals.y: online evaluation reads the prompt and the answer from the request log: set [log] enabled = true and bodies = "full""#]],
+    );
+}
+
+#[test]
+fn routers_name_known_aliases_and_templates_and_rules_send_only_to_aliases_or_cascades() {
+    let base = "[providers.local]\nkind = \"local\"\n[models.small]\nprovider = \"local\"\nmodel = \"smollm2\"\n\
+                [models.large]\nprovider = \"local\"\nmodel = \"qwen\"\n\
+                [templates.t]\nmodel = \"auto\"\nprompt = \"{{ q }}\"\n";
+    let cfg = parse(
+        &format!(
+            "{base}[routers.auto]\ndefault = \"large\"\nrules = [{{ to = \"small\", tasks = [\"math\"], \
+             max_prompt_tokens = 500, templates = [\"t\"] }}, {{ to = \"cheap\", tags = [\"bulk\"] }}]\n\
+             [routers.cheap]\ncascade = [\"small\", \"large\"]\ncheck = {{ type = \"labels\", labels = [\"yes\", \"no\"] }}\n\
+             [routers.guess]\nlearned = {{ weights = \"r.json\", small = \"small\", large = \"large\", embedding = \"small\" }}\n\
+             [routers.front]\ndefault = \"guess\"\n"
+        ),
+        &env(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let crate::RouterKind::Rules { rules, default } = &cfg.routers["auto"].kind else { panic!("rules") };
+    assert_eq!((rules.len(), default.as_str()), (2, "large"));
+    assert_eq!((rules[0].tasks.as_slice(), rules[0].max_prompt_tokens), ([crate::Task::Math].as_slice(), Some(500)));
+    let crate::RouterKind::Cascade(c) = &cfg.routers["cheap"].kind else { panic!("a cascade") };
+    assert_eq!(c.stream, crate::CascadeStream::Buffer);
+    assert_eq!(c.check, crate::CascadeCheck::Labels { labels: vec!["yes".into(), "no".into()], case_sensitive: false });
+    assert_eq!(cfg.templates["t"].model, "auto", "a template may name a router");
+    let crate::RouterKind::Learned(l) = &cfg.routers["guess"].kind else { panic!("learned") };
+    assert_eq!(
+        (l.weights.to_str(), l.small.as_str(), l.large.as_str(), l.threshold),
+        (Some("r.json"), "small", "large", None)
+    );
+
+    check_err(
+        &format!(
+            "{base}[routers.small]\ndefault = \"large\"\n\
+             [routers.a]\nrules = [{{ to = \"b\" }}, {{ tasks = [\"poetry\"], to = \"nope\" }}, {{ templates = [\"x\"] }}]\ndefault = \"small\"\n\
+             [routers.b]\ndefault = \"a\"\n\
+             [routers.c]\ncascade = [\"small\"]\ncheck = {{ type = \"labels\" }}\nstream = \"sometimes\"\n\
+             [routers.d]\ncascade = [\"small\", \"b\"]\ncheck = {{ type = \"judge\", rubric = \" \" }}\n\
+             [routers.e]\ncascade = [\"small\", \"large\"]\n\
+             [routers.f]\ncascade = [\"small\", \"large\"]\ncheck = {{ type = \"regex\", pattern = \"(\" }}\ndefault = \"small\"\n\
+             [routers.g]\ncascade = [\"small\", \"large\"]\ncheck = {{ type = \"logprob\", min_mean_logprob = 0.5 }}\n\
+             [routers.h]\ndefault = \"large\"\ncheck = {{ type = \"schema\" }}\n\
+             [routers.i]\nlearned = {{ small = \"auto\", large = \"large\", threshold = 1.5 }}\n\
+             [routers.j]\nlearned = {{ weights = \"w\", small = \"small\", large = \"large\", embedding = \"small\" }}\nstream = \"buffer\"\n\
+             [models.z]\nprovider = \"local\"\nchoose = \"fastest\"\n"
+        ),
+        expect![[r#"
+            models.z.choose: "fastest": expected "config" or "cheapest"
+            routers.a.rules[0].to: "b" is a rules router: a rule sends to a model alias, a cascade or a learned router
+            routers.a.rules[1].tasks: unknown task "poetry"; one of classification, extraction, math, code, summarization, translation, generation
+            routers.a.rules[2].to: required: the alias or router this rule sends to
+            routers.b.default: "a" is a rules router: a rule sends to a model alias, a cascade or a learned router
+            routers.c.cascade: a cascade needs at least two aliases, cheapest first
+            routers.c.check.labels: required: the answers that pass, none empty
+            routers.c.stream: "sometimes": expected "buffer" or "refuse"
+            routers.d.cascade[1]: a cascade step is a model alias, not a router
+            routers.d.check.model: required: the judge's model alias (got "")
+            routers.d.check.rubric: required: what a good answer does
+            routers.e.check: required: what a cheap answer must pass, e.g. { type = "schema" }
+            routers.f: a router is one of: rules (rules = [...] and default), a cascade (cascade = [...]) or learned (learned = { weights, small, large, embedding })
+            routers.g.check.min_mean_logprob: required: the lowest mean token log-probability that passes, a number <= 0 (e.g. -0.3)
+            routers.h.check: not a setting of this kind of router
+            routers.i.learned.small: required: a model alias (got "auto"); a learned router's sides are aliases
+            routers.i.learned.embedding: required: a model alias (got ""); a learned router's sides are aliases
+            routers.i.learned.weights: required: the file `keel route train` wrote
+            routers.i.learned.threshold: a probability from 0 to 1
+            routers.j.stream: not a setting of this kind of router
+            routers.small: "small" is also a model alias: a client's model names one or the other
+            templates.t.model: unknown model alias "auto""#]],
     );
 }

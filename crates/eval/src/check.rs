@@ -346,13 +346,20 @@ impl Check {
                         .and_then(|v| v.as_array())
                         .map(|a| a.iter().map(|o| o.as_str().map_or_else(|| o.to_string(), str::to_string)).collect())
                         .unwrap_or_default();
-                    let got = chosen_letter(answer, letters, &options);
+                    let got = chosen(answer, letters, &options);
                     let want = e.trim().to_uppercase();
+                    let note = match &got {
+                        Ok(_) => None,
+                        Err(NoChoice::NotFound) => Some("no choice found in the answer".to_string()),
+                        Err(NoChoice::Conflict { letter, text_of }) => {
+                            Some(format!("the answer opens with {letter} but gives the text of option {text_of}"))
+                        }
+                    };
                     Verdict {
                         expected: Some(want.clone()),
-                        got: got.map(String::from),
-                        note: got.is_none().then(|| "no choice found in the answer".to_string()),
-                        ..Verdict::new(label, got.is_some_and(|g| g.to_string() == want))
+                        got: got.as_ref().ok().map(|g| g.to_string()),
+                        note,
+                        ..Verdict::new(label, got.is_ok_and(|g| g.to_string() == want))
                     }
                 }
             },
@@ -413,8 +420,48 @@ pub fn final_number(answer: &str) -> Option<f64> {
 
 /// The letter a multiple-choice answer chose, by the first rule that finds one: "answer is (B)" and its
 /// variants; the answer opening with the letter ("B", "B.", "(B)", "B) …"); a lone "(B)"; the text of exactly
-/// one option.
+/// one option. An answer that opens with one letter and goes on with another option's text ("A. 21000 km/h"
+/// where 21000 km/h is B) chose nothing: small models often open with "A." whatever they mean, and counting the
+/// letter would score position bias as knowledge.
 pub fn chosen_letter(answer: &str, letters: &[char], options: &[String]) -> Option<char> {
+    chosen(answer, letters, options).ok()
+}
+
+/// Why an answer chose no letter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoChoice {
+    NotFound,
+    /// It opened with `letter` and went on with the text of option `text_of`.
+    Conflict {
+        letter: char,
+        text_of: char,
+    },
+}
+
+/// The option texts that `rest` (what follows an opening letter) gives, whole or cut short (at least three
+/// characters, as an answer cut by `max_tokens` is).
+fn options_given(rest: &str, options: &[String]) -> Vec<usize> {
+    let rest = rest.trim().trim_end_matches(['.', ',', ';']).trim().to_lowercase();
+    if rest.chars().count() < 3 {
+        return Vec::new();
+    }
+    options
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            let o = o.trim().trim_end_matches('.').trim().to_lowercase();
+            !o.is_empty() && (rest.starts_with(&o) || o.starts_with(&rest))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`chosen_letter`], saying why when it finds none.
+pub fn chosen(answer: &str, letters: &[char], options: &[String]) -> Result<char, NoChoice> {
+    chosen_rules(answer, letters, options).ok_or(NoChoice::NotFound)?
+}
+
+fn chosen_rules(answer: &str, letters: &[char], options: &[String]) -> Option<Result<char, NoChoice>> {
     let is_letter = |c: char| letters.contains(&c);
     let t = answer.trim();
     // 1. "answer is B", "Answer: (c)", "the correct option is D." (a bare lower-case letter is a word).
@@ -428,7 +475,7 @@ pub fn chosen_letter(answer: &str, letters: &[char], options: &[String]) -> Opti
             c.get(1).or_else(|| c.get(2)).and_then(|m| m.as_str().chars().next()).map(|c| c.to_ascii_uppercase())
             && is_letter(ch)
         {
-            return Some(ch);
+            return Some(Ok(ch));
         }
     }
     // 2. The answer opens with the letter ("B", "B.", "(B)", "B) …"), but not with the word "A" or "I".
@@ -440,7 +487,16 @@ pub fn chosen_letter(answer: &str, letters: &[char], options: &[String]) -> Opti
         let next = chars.next();
         let word = matches!(first, 'A' | 'I') && next == Some(' ') && chars.next().is_some_and(char::is_lowercase);
         if next.is_none_or(|c| !c.is_alphanumeric()) && !word {
-            return Some(first);
+            // What follows the letter, on its line: the option's text, another option's, or free words.
+            let rest = open[first.len_utf8()..].trim_start_matches(['.', ')', ']', ':', '*', ' ']);
+            let rest = rest.lines().next().unwrap_or_default();
+            let given = options_given(rest, options);
+            let own = letters.iter().position(|l| *l == first);
+            if !given.is_empty() && !own.is_some_and(|i| given.contains(&i)) {
+                let text_of = given.first().and_then(|i| letters.get(*i)).copied().unwrap_or('?');
+                return Some(Err(NoChoice::Conflict { letter: first, text_of }));
+            }
+            return Some(Ok(first));
         }
     }
     // 3. A lone parenthesised letter.
@@ -451,7 +507,7 @@ pub fn chosen_letter(answer: &str, letters: &[char], options: &[String]) -> Opti
     let found: Vec<char> =
         PAREN.captures_iter(t).filter_map(|c| c.get(1)?.as_str().chars().next()).filter(|c| is_letter(*c)).collect();
     if let [one] = found.as_slice() {
-        return Some(*one);
+        return Some(Ok(*one));
     }
     // 4. The text of exactly one option.
     let lower = t.to_lowercase();
@@ -462,7 +518,7 @@ pub fn chosen_letter(answer: &str, letters: &[char], options: &[String]) -> Opti
         .map(|(i, _)| i)
         .collect();
     if let [i] = hits.as_slice() {
-        return letters.get(*i).copied();
+        return letters.get(*i).copied().map(Ok);
     }
     None
 }
@@ -516,6 +572,11 @@ mod tests {
             ("I think a television, which is (B), fits", Some('B')),
             ("A television was developed most recently.", Some('B')),
             ("A lot of things could be right", None),
+            // The letter of one option with the text of another: no choice (whole or cut short).
+            ("A. television", None),
+            ("A. telev", None),
+            ("C. refrigerator, since it keeps food cold", Some('C')),
+            ("B. because it was invented last", Some('B')),
             ("Both television and airplane", None),
             ("E", None),
         ];

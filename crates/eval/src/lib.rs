@@ -12,6 +12,7 @@ pub mod check;
 pub mod client;
 pub mod compare;
 mod judge;
+pub mod online;
 mod render;
 pub mod report;
 pub mod run;
@@ -21,6 +22,7 @@ pub mod suite;
 pub use check::{Check, CheckSpec, Verdict};
 pub use client::{CallError, Keel};
 pub use compare::Comparison;
+pub use online::{Online, OnlineCheck, OnlineStats};
 pub use run::{Finished, Progress, Resume, Summary};
 pub use suite::{Case, Gate, Suite, Target};
 
@@ -71,4 +73,40 @@ pub fn gate_failures(gate: &Gate, summary: &Summary, baseline: Option<&Compariso
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests_support {
+    /// A logged request with every optional field empty.
+    pub(crate) fn record() -> keel_store::Record {
+        keel_store::Record {
+            id: "r".into(),
+            client_request_id: None,
+            ts_ms: 1,
+            key_id: None,
+            tenant: None,
+            api: "openai".into(),
+            endpoint: "chat".into(),
+            model_requested: None,
+            model_served: None,
+            status: 200,
+            outcome: keel_store::Outcome::Ok,
+            error_class: None,
+            stream: false,
+            attempts: vec![],
+            ttft_ms: None,
+            latency_ms: 1.0,
+            tokens_in: None,
+            tokens_out: None,
+            tokens_cached: None,
+            cost_usd: None,
+            cache: None,
+            request_body: None,
+            response_body: None,
+            metadata: serde_json::json!({}),
+            template: None,
+            template_version: None,
+            routing: None,
+        }
+    }
 }

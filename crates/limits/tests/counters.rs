@@ -133,6 +133,7 @@ async fn spend_already_in_the_log_counts_against_the_budget() {
         metadata: serde_json::json!({}),
         template: None,
         template_version: None,
+        routing: None,
     };
     store.insert(std::slice::from_ref(&row)).await.unwrap();
     row.id = "old2".into();

@@ -17,14 +17,19 @@ pub struct GenerateParams {
     pub stops: Vec<String>,
     /// A JSON Schema the output must satisfy (constrained decoding).
     pub json_schema: Option<serde_json::Value>,
+    /// Whether to report each generated token's log-probability (under the model's distribution, before
+    /// sampling settings).
+    pub logprobs: bool,
 }
 
 /// How a generation ended, with exact token counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub finish: FinishReason,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Each generated token's text and natural-log probability, when asked for.
+    pub logprobs: Option<Vec<(String, f32)>>,
 }
 
 /// The sampling a model's makers recommend, applied when a request sets none.

@@ -139,6 +139,7 @@ impl ChatEngine for LlamaEngine {
         let mut finish = FinishReason::Length;
         let mut stopped = false;
         let mut one = LlamaBatch::new(1, 1);
+        let mut logprobs = params.logprobs.then(Vec::new);
         while generated < max_new {
             let token = sampler.sample(&ctx, -1);
             if vocab.is_eog(token) {
@@ -147,6 +148,12 @@ impl ChatEngine for LlamaEngine {
             }
             generated += 1;
             let piece = vocab.token_to_piece(token, false, None);
+            if let Some(lp) = logprobs.as_mut() {
+                lp.push((
+                    String::from_utf8_lossy(&piece).into_owned(),
+                    log_probability(ctx.get_logits_ith(-1), token.0),
+                ));
+            }
             match text.push(&piece) {
                 Step::Text(t) => {
                     if !t.is_empty() && !emit(&t) {
@@ -171,6 +178,29 @@ impl ChatEngine for LlamaEngine {
         if !rest.is_empty() && !stopped {
             emit(&rest);
         }
-        Ok(Generation { finish, prompt_tokens: n_prompt as u64, completion_tokens: generated as u64 })
+        Ok(Generation { finish, prompt_tokens: n_prompt as u64, completion_tokens: generated as u64, logprobs })
+    }
+}
+
+/// The natural-log probability of `token` under the softmax of `logits` (log-sum-exp shifted by the maximum, so
+/// that no exponential overflows).
+fn log_probability(logits: &[f32], token: i32) -> f32 {
+    let Some(&own) = usize::try_from(token).ok().and_then(|i| logits.get(i)) else { return f32::NEG_INFINITY };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    own - max - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    #[test]
+    fn log_probabilities_are_a_normalised_softmax() {
+        let logits = [1.0f32, 2.0, 3.0, 1000.0];
+        let total: f32 = (0..4).map(|t| super::log_probability(&logits, t).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        assert!(super::log_probability(&logits, 3) > -1e-3);
+        assert_eq!(super::log_probability(&logits, 9), f32::NEG_INFINITY);
     }
 }

@@ -201,7 +201,20 @@ fn params(req: &ChatRequest, engine: &dyn ChatEngine) -> Result<GenerateParams, 
         seed: req.seed.map_or_else(rand_seed, |s| s as u32),
         stops: req.stop.as_ref().map(keel_types::Stop::to_vec).unwrap_or_default(),
         json_schema,
+        // OpenAI's `logprobs: true`; reported on complete answers (a stream's chunks carry none).
+        logprobs: req.extra.get("logprobs").and_then(serde_json::Value::as_bool).unwrap_or(false) && !req.stream,
     })
+}
+
+/// Token log-probabilities in OpenAI's shape: `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}`.
+fn openai_logprobs(tokens: &[(String, f32)]) -> serde_json::Value {
+    let content: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|(token, lp)| {
+            serde_json::json!({"token": token, "logprob": lp, "bytes": token.as_bytes(), "top_logprobs": []})
+        })
+        .collect();
+    serde_json::json!({ "content": content })
 }
 
 fn rand_seed() -> u32 {
@@ -273,7 +286,7 @@ impl Provider for LocalProvider {
                     index: 0,
                     message: Message::new(Role::Assistant, text),
                     finish_reason: Some(g.finish),
-                    logprobs: None,
+                    logprobs: g.logprobs.as_ref().map(|lp| openai_logprobs(lp)),
                     extra: Extra::new(),
                 }],
                 usage: Some(Usage::new(g.prompt_tokens, g.completion_tokens)),

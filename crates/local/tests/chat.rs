@@ -220,3 +220,23 @@ async fn without_sampling_settings_the_models_recommended_ones_apply() {
     }
     assert!(paris >= 4, "at the recommended low temperature the small model answers Paris ({paris}/5)");
 }
+
+#[tokio::test]
+async fn log_probabilities_come_with_each_token_when_asked() {
+    let (p, t) = provider("").await;
+    let plain = p.chat(&t, request(json!({"temperature": 0, "max_tokens": 12}))).await.unwrap();
+    assert!(plain.choices[0].logprobs.is_none(), "not asked, not sent");
+    let a = p.chat(&t, request(json!({"temperature": 0, "max_tokens": 12, "logprobs": true}))).await.unwrap();
+    assert_eq!(text(&a), text(&plain), "asking for them does not change the answer");
+    let tokens = a.choices[0].logprobs.as_ref().unwrap()["content"].as_array().unwrap().clone();
+    assert_eq!(tokens.len() as u64, a.usage.as_ref().unwrap().completion_tokens, "one per generated token");
+    let joined: String = tokens.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(joined.trim(), text(&a).trim(), "the tokens spell the answer");
+    for t in &tokens {
+        let lp = t["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0 && lp.is_finite(), "{t}");
+    }
+    // Greedy decoding picks the likeliest token: its probability is at least as high as any other's, so the
+    // first token of a plain factual answer is far from uniform over the 49k-token vocabulary.
+    assert!(tokens[0]["logprob"].as_f64().unwrap() > -(49_152f64).ln() / 2.0, "{:?}", tokens[0]);
+}

@@ -145,7 +145,7 @@ impl RouteLimits {
         wait: Duration,
     ) -> Self {
         let by_alias = routes
-            .names()
+            .plan_names()
             .into_iter()
             .map(|alias| {
                 let n = limit_of(&alias).unwrap_or(default_in_flight);

@@ -112,6 +112,9 @@ pub struct ClientFacts {
     pub request_id: Option<String>,
     /// `x-keel-cache` as sent, parsed by the scope stage (an invalid value is refused there).
     pub cache: Option<String>,
+    /// `x-keel-tags` (under `"tags"`) and `x-keel-metadata`, as one JSON object (routing rules read it; the log
+    /// keeps it with the row).
+    pub metadata: Arc<serde_json::Value>,
 }
 
 /// What the stages learn about one request, recorded as it goes and read by the outer stages. Facts are
@@ -132,6 +135,9 @@ pub struct RequestContext {
     pub prompt: Prompt,
     /// How the request is served (targets in order, policy); set by the route stage.
     pub route: Option<Arc<RoutePlan>>,
+    /// When the client named a router: what it decided and why; set by the route stage, a cascade's verdicts
+    /// by the call stage.
+    pub routing: Option<crate::router::RouteDecision>,
     /// Every upstream attempt, in order; appended by the call stage. Attempts made after the response began
     /// (a stream continued on a fallback) are appended when they happen, so the log sees them at the end.
     pub attempts: Attempts,
@@ -234,6 +240,7 @@ impl RequestContext {
             requested_model: String::new(),
             prompt: Prompt::default(),
             route: None,
+            routing: None,
             attempts: Attempts::default(),
             tenant: String::new(),
             cache_mode: None,
@@ -272,6 +279,8 @@ pub struct AttemptRecord {
 pub struct AttemptUsage {
     pub input: u64,
     pub output: u64,
+    /// Counted by keel (a broken stream) rather than reported by the provider (an answer set aside).
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +298,20 @@ pub enum AttemptOutcome {
     },
     /// Not sent: the target's circuit was open.
     CircuitOpen,
+    /// Answered in full, but not what the client got: an answer that violated the schema, a cascade step whose
+    /// answer failed its check, or a judge's grade. Its usage is recorded, so its cost counts.
+    Aside(Aside),
+}
+
+/// Why an attempt's answer was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aside {
+    /// A cascade step's answer that failed the check: the request escalated.
+    Escalated,
+    /// A cascade's judge grading a step's answer.
+    Judge,
+    /// An answer that violated the required JSON schema (a repair was asked for, or the request failed).
+    Repaired,
 }
 
 impl AttemptOutcome {
@@ -299,6 +322,9 @@ impl AttemptOutcome {
             AttemptOutcome::Ok => "ok",
             AttemptOutcome::Failed { kind, .. } | AttemptOutcome::FailedMidStream { kind } => kind.as_str(),
             AttemptOutcome::CircuitOpen => "circuit_open",
+            AttemptOutcome::Aside(Aside::Escalated) => "escalated",
+            AttemptOutcome::Aside(Aside::Judge) => "judge",
+            AttemptOutcome::Aside(Aside::Repaired) => "schema_violation",
         }
     }
 

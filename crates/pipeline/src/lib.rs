@@ -17,6 +17,7 @@ mod embed;
 pub mod ground;
 pub mod guard;
 mod route;
+pub mod router;
 mod scope;
 pub mod template;
 
@@ -26,14 +27,15 @@ pub use cache::{
 };
 pub use call::{Breakers, Call, CircuitState, InvalidSchema, Schema};
 pub use context::{
-    AttemptId, AttemptOutcome, AttemptRecord, AttemptUsage, Attempts, ClientFacts, Denial, Endpoint, GatewayError,
-    GatewayRequest, GatewayResponse, InboundApi, Operation, Output, Principal, Prompt, Rejection, RejectionKind,
-    RequestContext, RequestId, Settle, Settlement,
+    Aside, AttemptId, AttemptOutcome, AttemptRecord, AttemptUsage, Attempts, ClientFacts, Denial, Endpoint,
+    GatewayError, GatewayRequest, GatewayResponse, InboundApi, Operation, Output, Principal, Prompt, Rejection,
+    RejectionKind, RequestContext, RequestId, Settle, Settlement,
 };
 pub use embed::{EmbedRouteError, RoutedEmbedder};
 pub use ground::{GroundLayer, Passage, RetrieveError, Retriever};
 pub use guard::{GuardKind, GuardLayer, GuardRefusal, GuardReport, GuardVerdict};
 pub use route::{RouteError, RouteLayer, RoutePlan, RouteTable};
+pub use router::{CascadePlan, Check, RouteDecision};
 pub use scope::ScopeLayer;
 pub use template::{TemplateUse, Templates};
 

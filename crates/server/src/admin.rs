@@ -27,10 +27,12 @@ pub(crate) struct RequestsParams {
     until_ms: Option<i64>,
     /// Only requests that used this prompt template.
     template: Option<String>,
+    /// Only requests that named this router.
+    router: Option<String>,
     limit: Option<u32>,
 }
 
-/// `GET /admin/requests?key=&model=&status=&outcome=&since_ms=&until_ms=&template=&limit=`: log rows, newest first.
+/// `GET /admin/requests?key=&model=&status=&outcome=&since_ms=&until_ms=&template=&router=&limit=`: log rows, newest first.
 pub(crate) async fn requests(
     State(app): State<AppState>,
     params: Result<QueryParams<RequestsParams>, axum::extract::rejection::QueryRejection>,
@@ -70,6 +72,7 @@ pub(crate) async fn requests(
         since_ms: params.since_ms,
         until_ms: params.until_ms,
         template: params.template,
+        router: params.router,
         limit: params.limit,
     };
     match store.query(&query).await {

@@ -9,13 +9,10 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use keel_pipeline::{ClientFacts, Endpoint, Principal, RequestContext, RequestId};
-use serde_json::Value;
 
 /// A request's context as it arrives, and the facts only the edge uses.
 pub(crate) struct Arrival {
     pub ctx: RequestContext,
-    /// `x-keel-tags` and `x-keel-metadata`, for the log row.
-    pub metadata: Value,
     /// `anthropic-beta`, passed on to Anthropic upstreams.
     pub anthropic_beta: Option<String>,
 }
@@ -27,12 +24,9 @@ impl Arrival {
         ctx.client = ClientFacts {
             request_id: crate::request_id::client_id(headers).map(str::to_string),
             cache: headers.get("x-keel-cache").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            metadata: Arc::new(crate::log::metadata(headers)),
         };
-        Self {
-            ctx,
-            metadata: crate::log::metadata(headers),
-            anthropic_beta: headers.get("anthropic-beta").and_then(|v| v.to_str().ok()).map(str::to_string),
-        }
+        Self { ctx, anthropic_beta: headers.get("anthropic-beta").and_then(|v| v.to_str().ok()).map(str::to_string) }
     }
 
     /// The arrival of a request on `parts`, when its path is an API endpoint.

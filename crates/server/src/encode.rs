@@ -1,6 +1,6 @@
 //! A gateway response in the shape of the API the client called: the answer whole (JSON) or as server-sent
 //! events, or the error in the API's error format; with keel's response headers (`x-keel-served-by`,
-//! `x-keel-attempts`, `x-keel-cost-usd`, `x-keel-cache`, `x-keel-cache-similarity`, `x-keel-template`: the prompt template and its version, `x-keel-guard`: the guards'
+//! `x-keel-attempts`, `x-keel-cost-usd`, `x-keel-cache`, `x-keel-cache-similarity`, `x-keel-template`: the prompt template and its version, `x-keel-route` and `x-keel-route-reason`: a router's choice and why, `x-keel-guard`: the guards'
 //! verdicts known when the headers leave, those of the input and of a whole answer). A grounded answer carries
 //! the passages it was given as `sources`: a field of the completion (OpenAI) or message (Anthropic), and of
 //! the first chunk (OpenAI) or the `message_start` event's message (Anthropic) of a stream.
@@ -78,6 +78,17 @@ fn headers(resp: &mut Response, ctx: &RequestContext) {
         && let Ok(v) = HeaderValue::from_str(&format!("{}@{}", t.name, t.version))
     {
         h.insert("x-keel-template", v);
+    }
+    if let Some(d) = &ctx.routing {
+        // Header values are visible ASCII: anything else in a name or a reason is shown as '?'.
+        let ascii =
+            |s: &str| s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect::<String>();
+        if let Ok(v) = HeaderValue::from_str(&ascii(&d.to)) {
+            h.insert("x-keel-route", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ascii(&d.reason)) {
+            h.insert("x-keel-route-reason", v);
+        }
     }
     let attempts = ctx.attempts.snapshot();
     if let Some(a) = attempts.iter().rev().find(|a| matches!(a.outcome, AttemptOutcome::Ok))

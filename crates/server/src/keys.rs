@@ -147,9 +147,8 @@ async fn admit(
         }
         Operation::Embeddings(_) => 0,
     };
-    let targets = ctx.route.as_ref().map(|p| p.targets.iter().chain(&p.context_fallback));
-    let cost_of = |input: u64| match (&targets, budgeted) {
-        (Some(targets), true) => worst_case_cost(targets.clone(), &auth.prices, input, output),
+    let cost_of = |input: u64| match (&ctx.route, budgeted) {
+        (Some(plan), true) => plan_worst_case(plan, &auth.prices, input, output),
         _ => 0.0,
     };
     // Budgets reserve with the cheap upper bound of the prompt's tokens first; only a refusal is re-checked
@@ -177,6 +176,23 @@ async fn admit(
             Err(Denial::LimitsUnavailable)
         }
     }
+}
+
+/// The dearest cost the request can have on its plan: on the dearest target of the chain, or, for a cascade,
+/// every step's dearest (each may answer before the next is asked) and each judging of a step's answer.
+fn plan_worst_case(plan: &keel_pipeline::RoutePlan, prices: &Prices, input: u64, output: u64) -> f64 {
+    let chain = |p: &keel_pipeline::RoutePlan, input, output| {
+        worst_case_cost(p.targets.iter().chain(&p.context_fallback), prices, input, output)
+    };
+    let Some(cascade) = &plan.cascade else { return chain(plan, input, output) };
+    let steps: f64 = cascade.steps.iter().map(|s| chain(s, input, output)).sum();
+    let judged = cascade.steps.len().saturating_sub(1) as f64;
+    let judge = match &cascade.check {
+        // The judge reads the question and the answer with its instructions (about 200 tokens), answers in 64.
+        keel_pipeline::Check::Judge { plan: judge, .. } => judged * chain(judge, input + output + 200, 64),
+        _ => 0.0,
+    };
+    steps + judge
 }
 
 /// The dearest cost the request can have on any of `targets`.

@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod encode;
 mod error;
+mod feedback;
 mod files;
 mod keys;
 mod limits;
@@ -37,9 +38,10 @@ use tower::ServiceExt;
 pub use auth::Auth;
 pub use conn::{ConnOptions, ConnStats, serve};
 pub use error::ApiError;
+pub use feedback::bucket_ms;
 pub use keel_pipeline::Principal;
 pub use keys::Settler;
-pub use log::RequestLog;
+pub use log::{RequestLog, RowTap};
 pub use metrics::{Metrics, Source, SourceKind};
 pub use request_id::enable_request_spans;
 pub use shutdown::Shutdown;
@@ -70,6 +72,8 @@ struct Inner {
     files: Option<Arc<files::FileArea>>,
     /// Prompt templates, expanded when a request's body is parsed.
     templates: Arc<keel_pipeline::Templates>,
+    /// Feedback and quality (`/v1/feedback`, `/admin/quality`); none without a store.
+    feedback: Option<Arc<dyn keel_store::FeedbackStore>>,
 }
 
 /// Who may use `/admin/*`.
@@ -117,6 +121,8 @@ pub struct Parts {
     pub files_dir: Option<std::path::PathBuf>,
     /// Prompt templates (`[templates]`); empty: none.
     pub templates: Arc<keel_pipeline::Templates>,
+    /// Where feedback is kept and quality computed; none: `/v1/feedback` and `/admin/quality` answer 404.
+    pub feedback: Option<Arc<dyn keel_store::FeedbackStore>>,
 }
 
 impl Parts {
@@ -148,6 +154,7 @@ impl Parts {
             collections: None,
             files_dir: None,
             templates: Arc::new(keel_pipeline::Templates::default()),
+            feedback: None,
         }
     }
 }
@@ -179,6 +186,7 @@ impl AppState {
             collections: p.collections,
             files: p.files_dir.map(|dir| Arc::new(files::FileArea::new(dir))),
             templates: p.templates,
+            feedback: p.feedback,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -245,6 +253,9 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/health", get(health))
         .route("/admin/circuits", get(circuits))
         .route("/admin/requests", get(admin::requests))
+        .route("/v1/feedback", post(feedback::create))
+        .route("/admin/feedback", get(feedback::list))
+        .route("/admin/quality", get(feedback::quality))
         .route("/metrics", get(admin::metrics))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))

@@ -50,6 +50,20 @@ pub(crate) struct GuardLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FeedbackLabels {
+    /// "positive" or "negative".
+    pub verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    /// The router the client named.
+    pub router: String,
+    /// The alias that served.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CacheLabels {
     pub outcome: &'static str,
 }
@@ -121,6 +135,13 @@ pub struct Metrics {
     pub(crate) attempts: Family<AttemptLabels, Counter>,
     pub(crate) cache: Family<CacheLabels, Counter>,
     pub(crate) guard: Family<GuardLabels, Counter>,
+    pub(crate) feedback: Family<FeedbackLabels, Counter>,
+    /// Router decisions by router and the alias that served.
+    pub(crate) routed: Family<RouteLabels, Counter>,
+    /// Cascade steps whose answer failed the check, by router (label `model`: the router).
+    pub(crate) escalations: Family<ModelLabels, Counter>,
+    /// The latency escalations added: the time of the failed steps, per escalated request.
+    pub(crate) escalation_time: Family<ModelLabels, Histogram>,
     /// The similarity of the nearest semantic candidate, per lookup that compared one.
     pub(crate) cache_similarity: Histogram,
     /// What cache hits saved: the upstream price of the answers they gave again.
@@ -172,6 +193,27 @@ impl Metrics {
             "Guard verdicts by guard (injection, pii, output), action (flag, redact, block) and model alias",
             guard.clone(),
         );
+        let feedback = Family::<FeedbackLabels, Counter>::default();
+        registry.register(
+            "feedback",
+            "User feedback received (POST /v1/feedback), positive or negative",
+            feedback.clone(),
+        );
+        let routed = Family::<RouteLabels, Counter>::default();
+        registry.register("routed", "Requests to a router, by router and the model alias that served", routed.clone());
+        let escalations = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "cascade_escalations",
+            "Cascade steps whose answer failed the check, so that the next step was asked (label model: the router)",
+            escalations.clone(),
+        );
+        let escalation_time =
+            Family::<ModelLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "cascade_escalation_seconds",
+            "Latency an escalation added: the time of the cascade steps that failed, per escalated request",
+            escalation_time.clone(),
+        );
         let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
         registry.register_collector(Box::new(Live { breakers, log, sources: sources.clone() }));
         Self {
@@ -186,8 +228,18 @@ impl Metrics {
             cache_similarity,
             cache_saved,
             guard,
+            feedback,
+            routed,
+            escalations,
+            escalation_time,
             sources,
         }
+    }
+
+    /// Counts one piece of user feedback.
+    pub(crate) fn feedback(&self, positive: bool) {
+        let verdict = if positive { "positive" } else { "negative" };
+        self.feedback.get_or_create(&FeedbackLabels { verdict }).inc();
     }
 
     /// Adds values read at scrape time (sources of one name form one family).

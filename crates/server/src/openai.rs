@@ -93,7 +93,7 @@ pub(crate) async fn model(
     Path(id): Path<String>,
 ) -> Response {
     let principal = principal.map(|Extension(p)| p);
-    if app.inner.routes.targets(&id).is_some() && principal.as_ref().is_none_or(|p| p.may_use(&id)) {
+    if app.inner.routes.knows(&id) && principal.as_ref().is_none_or(|p| p.may_use(&id)) {
         return Json(model_info(id)).into_response();
     }
     ApiError {

@@ -32,8 +32,9 @@ pub(crate) fn request_path(p: &crate::Parts) -> Stack {
         .layer(ScopeLayer)
         // A key names only its models: refused before the alias is looked up, so aliases cannot be probed.
         .layer(AccessLayer)
-        // The model alias becomes its plan: targets in order, reliability policy, cache policy.
-        .layer(RouteLayer::new(p.routes.clone()))
+        // The model alias becomes its plan: targets in order, reliability policy, cache policy. A router picks the
+        // alias; a learned one embeds the prompt first, through the call stage (the embeddings alias's own route).
+        .layer(RouteLayer::new(p.routes.clone()).embedding_through(Call::new(p.providers.clone(), p.breakers.clone())))
         // The key's rate limits and budgets; the worst case on the plan's targets is reserved, settled by the log.
         .option_layer(p.auth.clone().map(LimitsLayer::new))
         // At most N requests in flight per alias, a short queue, then 503: a stalled upstream holds its share.

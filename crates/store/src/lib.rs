@@ -4,6 +4,7 @@
 //! [`LogWriter`]: a queue bounded in bytes, batched into transactions, with an explicit policy when full.
 
 mod eval;
+mod feedback;
 mod keys;
 mod postgres;
 mod record;
@@ -16,9 +17,10 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 pub use eval::{EvalResult, EvalRun, EvalStore};
+pub use feedback::{ExportQuery, Feedback, FeedbackSource, FeedbackStore, QualityQuery, QualityRow};
 pub use keys::KeyRecord;
 pub use postgres::PgStore;
-pub use record::{AttemptRow, CacheStatus, Outcome, Query, Record};
+pub use record::{AttemptRow, CacheStatus, Outcome, Query, Record, Routing};
 pub use sqlite::SqliteStore;
 pub use writer::{LogWriter, OnFull, Write, WriterConfig, WriterStats};
 
@@ -81,7 +83,7 @@ pub trait CacheStore: Send + Sync + 'static {
 /// A database that holds all of keel's state: what the two backends implement. Each component asks only for
 /// the capability it uses (`Arc<dyn LogStore>`, …; an `Arc<dyn Store>` converts to each), so a test double
 /// implements one small trait.
-pub trait Store: LogStore + KeyStore + CacheStore + EvalStore {
+pub trait Store: LogStore + KeyStore + CacheStore + EvalStore + FeedbackStore {
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
 }

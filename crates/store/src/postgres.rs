@@ -28,3 +28,4 @@ impl PgStore {
 
 crate::sql::store_impl!(PgStore, sqlx::Postgres);
 crate::eval::eval_impl!(PgStore, sqlx::Postgres);
+crate::feedback::feedback_impl!(PgStore, sqlx::Postgres);

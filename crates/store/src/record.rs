@@ -47,6 +47,22 @@ pub struct Record {
     pub template: Option<String>,
     #[serde(default)]
     pub template_version: Option<String>,
+    /// When the client named a router: what it decided.
+    #[serde(default)]
+    pub routing: Option<Routing>,
+}
+
+/// A router's decision for one request (`[routers.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The router the client named as its model.
+    pub router: String,
+    /// The model alias that served (for a cascade: the step whose answer was sent).
+    pub to: String,
+    /// Why: the rule that matched, the learned router's estimate, each cascade step's verdict.
+    pub reason: String,
+    /// Cascade steps whose answer failed the check before the one that served.
+    pub escalations: u32,
 }
 
 /// How a request ended, as the client saw it.
@@ -156,6 +172,8 @@ pub struct Query {
     pub id: Option<String>,
     /// Only requests that used this prompt template.
     pub template: Option<String>,
+    /// Only requests that named this router.
+    pub router: Option<String>,
     /// At most this many rows (default 100, at most 10,000).
     pub limit: Option<u32>,
 }

@@ -5,7 +5,14 @@
 /// Columns of `requests`, in insert order.
 pub(crate) const COLUMNS: &str = "id, ts_ms, key_id, tenant, api, endpoint, model_requested, model_served, status, \
      outcome, error_class, stream, attempts, ttft_ms, latency_ms, tokens_in, tokens_out, tokens_cached, cost_usd, \
-     cache, request_body, response_body, metadata, client_request_id, template, template_version";
+     cache, request_body, response_body, metadata, client_request_id, template, template_version, router, routed_to, \
+     route_reason, escalations";
+
+/// [`COLUMNS`] of a table aliased `r`.
+pub(crate) const COLUMNS_OF_R: &str = "r.id, r.ts_ms, r.key_id, r.tenant, r.api, r.endpoint, r.model_requested, \
+     r.model_served, r.status, r.outcome, r.error_class, r.stream, r.attempts, r.ttft_ms, r.latency_ms, r.tokens_in, \
+     r.tokens_out, r.tokens_cached, r.cost_usd, r.cache, r.request_body, r.response_body, r.metadata, \
+     r.client_request_id, r.template, r.template_version, r.router, r.routed_to, r.route_reason, r.escalations";
 
 pub(crate) const KEY_COLUMNS: &str = "id, name, hash, prefix, tenant, created_ms, revoked_ms, models, \
      budget_daily_usd, budget_monthly_usd, rpm, tpm";
@@ -33,6 +40,71 @@ pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
 macro_rules! store_impl {
     ($store:ty, $db:ty) => {
         impl $store {
+            /// A `requests` row.
+            fn record_row(row: &<$db as sqlx::Database>::Row) -> Result<crate::Record, crate::StoreError> {
+                use sqlx::Row;
+                let attempts: String = row.try_get("attempts")?;
+                let metadata: String = row.try_get("metadata")?;
+                Ok(crate::Record {
+                    id: row.try_get("id")?,
+                    client_request_id: row.try_get("client_request_id")?,
+                    ts_ms: row.try_get("ts_ms")?,
+                    key_id: row.try_get("key_id")?,
+                    tenant: row.try_get("tenant")?,
+                    api: row.try_get("api")?,
+                    endpoint: row.try_get("endpoint")?,
+                    model_requested: row.try_get("model_requested")?,
+                    model_served: row.try_get("model_served")?,
+                    status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+                    outcome: {
+                        let text: String = row.try_get("outcome")?;
+                        crate::Outcome::parse(&text)
+                            .ok_or_else(|| crate::StoreError::Invalid(format!("unknown outcome {text:?}")))?
+                    },
+                    error_class: row.try_get("error_class")?,
+                    stream: row.try_get::<i64, _>("stream")? != 0,
+                    attempts: serde_json::from_str(&attempts)
+                        .map_err(|e| crate::StoreError::Invalid(format!("attempts: {e}")))?,
+                    ttft_ms: row.try_get("ttft_ms")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                    tokens_in: crate::sql::to_u64(row.try_get("tokens_in")?),
+                    tokens_out: crate::sql::to_u64(row.try_get("tokens_out")?),
+                    tokens_cached: crate::sql::to_u64(row.try_get("tokens_cached")?),
+                    cost_usd: row.try_get("cost_usd")?,
+                    cache: {
+                        let text: Option<String> = row.try_get("cache")?;
+                        match text {
+                            Some(t) => Some(
+                                crate::CacheStatus::parse(&t)
+                                    .ok_or_else(|| crate::StoreError::Invalid(format!("unknown cache status {t:?}")))?,
+                            ),
+                            None => None,
+                        }
+                    },
+                    request_body: row.try_get("request_body")?,
+                    response_body: row.try_get("response_body")?,
+                    metadata: serde_json::from_str(&metadata)
+                        .map_err(|e| crate::StoreError::Invalid(format!("metadata: {e}")))?,
+                    template: row.try_get("template")?,
+                    template_version: row.try_get("template_version")?,
+                    routing: {
+                        let router: Option<String> = row.try_get("router")?;
+                        match router {
+                            Some(router) => Some(crate::Routing {
+                                router,
+                                to: row.try_get::<Option<String>, _>("routed_to")?.unwrap_or_default(),
+                                reason: row.try_get::<Option<String>, _>("route_reason")?.unwrap_or_default(),
+                                escalations: row
+                                    .try_get::<Option<i64>, _>("escalations")?
+                                    .and_then(|n| u32::try_from(n).ok())
+                                    .unwrap_or(0),
+                            }),
+                            None => None,
+                        }
+                    },
+                })
+            }
+
             /// A `keys` row.
             fn key_row(row: &<$db as sqlx::Database>::Row) -> Result<crate::KeyRecord, crate::StoreError> {
                 use sqlx::Row;
@@ -67,7 +139,7 @@ macro_rules! store_impl {
                     }
                     let mut tx = self.pool.begin().await?;
                     let mut inserted = 0;
-                    // Bounded statement size: SQLite allows 32,766 parameters, 26 per row.
+                    // Bounded statement size: SQLite allows 32,766 parameters, 30 per row.
                     for chunk in rows.chunks(500) {
                         let mut qb =
                             sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO requests ({}) ", crate::sql::COLUMNS));
@@ -97,7 +169,11 @@ macro_rules! store_impl {
                                 .push_bind(r.metadata.to_string())
                                 .push_bind(r.client_request_id.clone())
                                 .push_bind(r.template.clone())
-                                .push_bind(r.template_version.clone());
+                                .push_bind(r.template_version.clone())
+                                .push_bind(r.routing.as_ref().map(|x| x.router.clone()))
+                                .push_bind(r.routing.as_ref().map(|x| x.to.clone()))
+                                .push_bind(r.routing.as_ref().map(|x| x.reason.clone()))
+                                .push_bind(r.routing.as_ref().map(|x| i64::from(x.escalations)));
                         });
                         qb.push(" ON CONFLICT (id) DO NOTHING");
                         inserted += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -112,7 +188,6 @@ macro_rules! store_impl {
                 q: &'a crate::Query,
             ) -> futures::future::BoxFuture<'a, Result<Vec<crate::Record>, crate::StoreError>> {
                 Box::pin(async move {
-                    use sqlx::Row;
                     let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                         "SELECT {} FROM requests WHERE 1 = 1",
                         crate::sql::COLUMNS
@@ -135,6 +210,9 @@ macro_rules! store_impl {
                     if let Some(v) = &q.template {
                         qb.push(" AND template = ").push_bind(v.clone());
                     }
+                    if let Some(v) = &q.router {
+                        qb.push(" AND router = ").push_bind(v.clone());
+                    }
                     if let Some(v) = q.status {
                         qb.push(" AND status = ").push_bind(i64::from(v));
                     }
@@ -149,55 +227,7 @@ macro_rules! store_impl {
                     }
                     qb.push(" ORDER BY ts_ms DESC, id DESC LIMIT ").push_bind(q.limit());
                     let rows = qb.build().fetch_all(&self.pool).await?;
-                    rows.iter()
-                        .map(|row| {
-                            let attempts: String = row.try_get("attempts")?;
-                            let metadata: String = row.try_get("metadata")?;
-                            Ok(crate::Record {
-                                id: row.try_get("id")?,
-                                client_request_id: row.try_get("client_request_id")?,
-                                ts_ms: row.try_get("ts_ms")?,
-                                key_id: row.try_get("key_id")?,
-                                tenant: row.try_get("tenant")?,
-                                api: row.try_get("api")?,
-                                endpoint: row.try_get("endpoint")?,
-                                model_requested: row.try_get("model_requested")?,
-                                model_served: row.try_get("model_served")?,
-                                status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
-                                outcome: {
-                                    let text: String = row.try_get("outcome")?;
-                                    crate::Outcome::parse(&text).ok_or_else(|| {
-                                        crate::StoreError::Invalid(format!("unknown outcome {text:?}"))
-                                    })?
-                                },
-                                error_class: row.try_get("error_class")?,
-                                stream: row.try_get::<i64, _>("stream")? != 0,
-                                attempts: serde_json::from_str(&attempts)
-                                    .map_err(|e| crate::StoreError::Invalid(format!("attempts: {e}")))?,
-                                ttft_ms: row.try_get("ttft_ms")?,
-                                latency_ms: row.try_get("latency_ms")?,
-                                tokens_in: crate::sql::to_u64(row.try_get("tokens_in")?),
-                                tokens_out: crate::sql::to_u64(row.try_get("tokens_out")?),
-                                tokens_cached: crate::sql::to_u64(row.try_get("tokens_cached")?),
-                                cost_usd: row.try_get("cost_usd")?,
-                                cache: {
-                                    let text: Option<String> = row.try_get("cache")?;
-                                    match text {
-                                        Some(t) => Some(crate::CacheStatus::parse(&t).ok_or_else(|| {
-                                            crate::StoreError::Invalid(format!("unknown cache status {t:?}"))
-                                        })?),
-                                        None => None,
-                                    }
-                                },
-                                request_body: row.try_get("request_body")?,
-                                response_body: row.try_get("response_body")?,
-                                metadata: serde_json::from_str(&metadata)
-                                    .map_err(|e| crate::StoreError::Invalid(format!("metadata: {e}")))?,
-                                template: row.try_get("template")?,
-                                template_version: row.try_get("template_version")?,
-                            })
-                        })
-                        .collect()
+                    rows.iter().map(Self::record_row).collect()
                 })
             }
 

@@ -28,11 +28,45 @@ impl SqliteStore {
         }
         // An in-memory database exists per connection: keep exactly one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new().max_connections(max).connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let pool = open_pool(max, options).await?;
+        // sqlx takes no lock to migrate SQLite (its `Migrate::lock` is a no-op there), so two keel processes that
+        // open a fresh file at once (a server and `keel eval`, say) would both apply the first migration and one
+        // would fail with "table already exists". The whole run goes in one IMMEDIATE transaction instead: the
+        // second opener waits for the first (busy_timeout) and then finds every migration applied. (`run_direct`
+        // is `run` minus the `Acquire` bound that a transaction cannot meet here; sqlx documents it as the way.)
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::migrate!("./migrations/sqlite").run_direct(None, &mut *tx, false).await?;
+        tx.commit().await?;
         Ok(Self { pool })
     }
 }
 
+/// How long an opener keeps retrying a file another process is setting up (the same as the busy timeout).
+const OPEN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Opens the pool, retrying while another process holds the file busy. Switching a fresh file to WAL takes an
+/// exclusive lock, and SQLite answers SQLITE_BUSY at once there instead of calling the busy handler, so two
+/// processes opening a new file together (CI caught one) need this loop; any other error returns at once.
+async fn open_pool(max: u32, options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match SqlitePoolOptions::new().max_connections(max).connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_busy(&e) && started.elapsed() < OPEN_PATIENCE => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// SQLITE_BUSY or one of its extended codes (the primary code is the low byte).
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5)
+}
+
 crate::sql::store_impl!(SqliteStore, sqlx::Sqlite);
 crate::eval::eval_impl!(SqliteStore, sqlx::Sqlite);
+crate::feedback::feedback_impl!(SqliteStore, sqlx::Sqlite);

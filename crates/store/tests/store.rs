@@ -43,6 +43,7 @@ fn record(i: usize, ts_ms: i64) -> Record {
         metadata: serde_json::json!({"tags": ["a", "b"], "user": "u1"}),
         template: None,
         template_version: None,
+        routing: None,
     }
 }
 
@@ -460,4 +461,141 @@ async fn sqlite_keeps_evaluation_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_evaluation_runs() {
     eval_battery(postgres().await).await;
+}
+
+/// Feedback: stored per request, source and name (given again, it replaces the earlier); quality per day,
+/// route and template version computed by the database (errors, schema failures, guard verdicts, user and
+/// evaluator scores); approved pairs for export (a correction, or qualifying feedback without a negative one).
+async fn feedback_battery(store: Arc<dyn Store>) {
+    use keel_store::{ExportQuery, Feedback, FeedbackSource, QualityQuery};
+    let day = QualityQuery::DAY_MS;
+    let t0 = 1_950_000_000_000 / day * day; // a day's start
+    let mut rows = Vec::new();
+    for i in 0..6 {
+        let mut r = record(100 + i, t0 + i as i64 * 1_000);
+        r.id = format!("fb-{i}");
+        r.model_requested = Some("smart".into());
+        r.template = Some("support".into());
+        r.template_version = Some(if i < 4 { "v1".into() } else { "v2".into() });
+        r.status = 200;
+        r.outcome = keel_store::Outcome::Ok;
+        r.error_class = None;
+        rows.push(r);
+    }
+    rows[1].outcome = keel_store::Outcome::Error;
+    rows[1].error_class = Some("invalid_output".into());
+    rows[2].metadata = serde_json::json!({"guard": [{"guard": "pii", "action": "redacted"}]});
+    // The next day, another route without a template.
+    let mut other = record(200, t0 + day + 5);
+    other.id = "fb-other".into();
+    other.model_requested = Some("fast".into());
+    rows.push(other);
+    store.insert(&rows).await.unwrap();
+
+    let fb = |request: &str, source: FeedbackSource, name: &str, score: f64, correction: Option<&str>| Feedback {
+        id: format!("{request}-{name}-{score}"),
+        request_id: request.into(),
+        ts_ms: t0 + 10_000,
+        key_id: None,
+        source,
+        name: name.into(),
+        score,
+        comment: None,
+        correction: correction.map(Into::into),
+        meta: serde_json::json!({}),
+    };
+    store.put_feedback(&fb("fb-0", FeedbackSource::User, "user", 0.0, None)).await.unwrap();
+    // The user changed their mind: the earlier thumbs down is replaced.
+    store.put_feedback(&fb("fb-0", FeedbackSource::User, "user", 1.0, None)).await.unwrap();
+    store.put_feedback(&fb("fb-0", FeedbackSource::Judge, "judge", 0.75, None)).await.unwrap();
+    store.put_feedback(&fb("fb-2", FeedbackSource::User, "user", 0.0, Some("the right answer"))).await.unwrap();
+    store.put_feedback(&fb("fb-3", FeedbackSource::Check, "schema", 0.0, None)).await.unwrap();
+    store.put_feedback(&fb("fb-4", FeedbackSource::User, "user", 1.0, None)).await.unwrap();
+    store.put_feedback(&fb("fb-4", FeedbackSource::User, "accuracy", 0.0, None)).await.unwrap();
+
+    let got = store.feedback("fb-0").await.unwrap();
+    assert_eq!(got.len(), 2);
+    let user = got.iter().find(|f| f.source == FeedbackSource::User).unwrap();
+    assert_eq!(user.score, 1.0);
+    assert!(store.feedback("fb-5").await.unwrap().is_empty());
+
+    let q = QualityQuery { since_ms: Some(t0), until_ms: Some(t0 + 2 * day), ..QualityQuery::default() };
+    let quality = store.quality(&q).await.unwrap();
+    let key = |r: &keel_store::QualityRow| (r.bucket_ms, r.route.clone(), r.template_version.clone());
+    assert_eq!(
+        quality.iter().map(key).collect::<Vec<_>>(),
+        [
+            (t0, Some("smart".into()), Some("v1".into())),
+            (t0, Some("smart".into()), Some("v2".into())),
+            (t0 + day, Some("fast".into()), None),
+        ]
+    );
+    let v1 = &quality[0];
+    assert_eq!((v1.requests, v1.errors, v1.schema_failures, v1.guarded), (4, 1, 1, 1));
+    assert_eq!((v1.feedback, v1.positive), (2, 1), "fb-0 up, fb-2 down");
+    assert_eq!(v1.mean_score, Some(0.5));
+    assert_eq!(v1.positive_rate(), Some(0.5));
+    assert_eq!(v1.feedback_rate(), 0.5);
+    assert_eq!(v1.evaluated, 2, "the judge on fb-0 and the check on fb-3");
+    assert_eq!(v1.eval_mean, Some(0.375));
+    let v2 = &quality[1];
+    assert_eq!((v2.requests, v2.feedback, v2.positive), (2, 1, 1), "fb-4's two user scores average 0.5");
+    assert_eq!(v2.mean_score, Some(0.5));
+    assert_eq!((quality[2].requests, quality[2].feedback, quality[2].mean_score), (1, 0, None));
+    let only = store
+        .quality(&QualityQuery { template: Some("support".into()), bucket_ms: Some(7 * day), ..q.clone() })
+        .await
+        .unwrap();
+    assert_eq!(only.iter().map(|r| r.requests).sum::<u64>(), 6);
+
+    let export = |sources: Vec<FeedbackSource>, min_score: f64| ExportQuery {
+        scope: QualityQuery { since_ms: Some(t0), until_ms: Some(t0 + 2 * day), ..QualityQuery::default() },
+        sources,
+        min_score,
+        limit: 100,
+    };
+    let approved = store.approved(&export(vec![FeedbackSource::User], 0.5)).await.unwrap();
+    // fb-0: positive user feedback; fb-2: a correction; fb-4: one of its user scores is negative.
+    assert_eq!(approved.iter().map(|(r, _)| r.id.as_str()).collect::<Vec<_>>(), ["fb-0", "fb-2"]);
+    assert_eq!(approved[1].1[0].correction.as_deref(), Some("the right answer"));
+    assert_eq!(approved[0].1.len(), 2, "every feedback row of the request comes along");
+    let by_judge = store.approved(&export(vec![FeedbackSource::Judge], 0.8)).await.unwrap();
+    assert_eq!(by_judge.iter().map(|(r, _)| r.id.as_str()).collect::<Vec<_>>(), ["fb-2"], "0.75 < 0.8");
+    let corrections_only = store.approved(&export(vec![], 0.5)).await.unwrap();
+    assert_eq!(corrections_only.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_feedback_and_reports_quality() {
+    let (store, dir) = sqlite().await;
+    feedback_battery(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_feedback_and_reports_quality() {
+    feedback_battery(postgres().await).await;
+}
+
+/// Two keel processes (a server and `keel eval`, say) may open a fresh SQLite file at the same moment: each must
+/// come up with the whole schema, neither may fail on a migration the other is applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stores_opened_at_once_on_a_fresh_file_all_migrate() {
+    for round in 0..20 {
+        let dir =
+            std::env::temp_dir().join(format!("keel-store-race-{}-{}-{round}", std::process::id(), rand_suffix()));
+        let url = format!("sqlite://{}", dir.join("keel.db").display());
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { SqliteStore::connect(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
+        assert_eq!(store.insert(&[record(1, 1_000)]).await.unwrap(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

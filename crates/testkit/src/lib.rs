@@ -41,6 +41,12 @@ use tokio::task::JoinHandle;
 pub use reply::{Fault, MockToolCall, Reply, ReplyBody};
 pub use state::Attempt;
 
+/// The vector the mock answers `/v1/embeddings` with for `text` (at its default dimensions), for tests that must
+/// know it in advance (a learned router's weights, say).
+pub fn embedding(text: &str) -> Vec<f32> {
+    openai::embed(text, openai::DEFAULT_DIMENSIONS)
+}
+
 use state::Shared;
 
 /// A running mock upstream. Clones share the same server; the server stops accepting

@@ -7,7 +7,7 @@ use crate::answer::{Answer, Meta, Rendered, char_pieces, content_text, word_piec
 /// Tool-call arguments are streamed in pieces of at most this many characters.
 const ARGUMENT_PIECE_CHARS: usize = 7;
 /// Embedding length when the request does not ask for `dimensions`.
-const DEFAULT_DIMENSIONS: usize = 8;
+pub(crate) const DEFAULT_DIMENSIONS: usize = 8;
 /// A bound on `dimensions` so that one request cannot make the mock allocate without limit.
 const MAX_DIMENSIONS: u64 = 65_536;
 

@@ -9,6 +9,7 @@
 
 mod backoff;
 mod breaker;
+mod cascade;
 mod schema;
 mod stream;
 
@@ -31,8 +32,8 @@ pub use schema::{InvalidSchema, Schema};
 
 use crate::route::RoutePlan;
 use crate::{
-    AttemptId, AttemptOutcome, AttemptRecord, Attempts, GatewayError, GatewayRequest, GatewayResponse, Operation,
-    Output,
+    Aside, AttemptId, AttemptOutcome, AttemptRecord, AttemptUsage, Attempts, GatewayError, GatewayRequest,
+    GatewayResponse, Operation, Output,
 };
 
 #[derive(Debug, Clone)]
@@ -59,11 +60,15 @@ impl Service<GatewayRequest> for Call {
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
         let this = self.clone();
         async move {
-            let GatewayRequest { ctx, op } = req;
+            let GatewayRequest { mut ctx, op } = req;
             let Some(plan) = ctx.route.clone() else {
                 let error = GatewayError::UnknownModel { model: ctx.requested_model.clone() };
                 return Ok(GatewayResponse { ctx, result: Err(error) });
             };
+            if let (Some(cascade), Operation::Chat(chat)) = (&plan.cascade, &op) {
+                let result = cascade::serve(&this, cascade, chat.clone(), &mut ctx).await;
+                return Ok(GatewayResponse { ctx, result });
+            }
             let chain = Chain {
                 providers: this.providers,
                 breakers: this.breakers,
@@ -106,7 +111,7 @@ impl Chain {
                 if req.stream {
                     self.stream(req, schema).await.map(Output::ChatStream).map_err(GatewayError::from)
                 } else {
-                    self.complete(req, schema).await.map(Output::Chat).map_err(GatewayError::from)
+                    self.complete(req, schema).await.map(|s| Output::Chat(s.value)).map_err(GatewayError::from)
                 }
             }
             Operation::Embeddings(req) => {
@@ -126,25 +131,34 @@ impl Chain {
         &self,
         req: Arc<ChatRequest>,
         schema: Option<Schema>,
-    ) -> Result<keel_types::ChatResponse, ProviderError> {
+    ) -> Result<Served<keel_types::ChatResponse>, ProviderError> {
         let mut req = req;
         let mut repairs = 0;
         loop {
-            let Served { value: resp, target, .. } = self
+            let Served { value: resp, target, attempt } = self
                 .run(|p, t, left| {
                     let fut = p.chat(&t, ChatRequest::clone(&req));
                     with_timeout(left, fut, t.provider.clone(), "no answer")
                 })
                 .await?;
-            let Some(schema) = &schema else { return Ok(resp) };
-            let Some(choice) = resp.choices.first() else { return Ok(resp) };
+            let served = |value| Ok(Served { value, target: target.clone(), attempt });
+            let Some(schema) = &schema else { return served(resp) };
+            let Some(choice) = resp.choices.first() else { return served(resp) };
             if choice.finish_reason == Some(FinishReason::ToolCalls) {
-                return Ok(resp);
+                return served(resp);
             }
             let text = choice.message.content.as_ref().map(|c| c.text()).unwrap_or_default();
             let violations = schema.violations(&text);
             if violations.is_empty() {
-                return Ok(resp);
+                return served(resp);
+            }
+            // The answer is not served, but it was made and paid for: its usage stays with its attempt.
+            self.attempts.set_outcome(attempt, AttemptOutcome::Aside(Aside::Repaired));
+            if let Some(u) = &resp.usage {
+                self.attempts.set_usage(
+                    attempt,
+                    AttemptUsage { input: u.prompt_tokens, output: u.completion_tokens, estimated: false },
+                );
             }
             if repairs >= self.plan.policy.max_repairs {
                 return Err(invalid_output(&target, &violations, repairs));

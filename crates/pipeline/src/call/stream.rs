@@ -179,6 +179,7 @@ impl State {
         let used = AttemptUsage {
             input: cost::count_chat_prompt(&self.target.model, &self.sent),
             output: cost::count_text(&self.target.model, &self.attempt_text),
+            estimated: true,
         };
         attempts.set_usage(self.attempt, used);
         let policy = &self.chain.plan.policy;

@@ -84,6 +84,7 @@ where
             let GatewayResponse { mut ctx, result } = inner.call(GatewayRequest { ctx, op }).await?;
             entry.cache(ctx.cache.clone());
             entry.guard(ctx.guard.clone());
+            entry.routing(ctx.routing.as_ref());
             let result = match result {
                 Ok(Output::Chat(r)) => {
                     ctx.cost_usd = entry.finish(Answer::Chat(&r)).await;

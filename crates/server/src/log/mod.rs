@@ -49,6 +49,61 @@ pub struct RequestLog {
     known_models: HashSet<String>,
     /// Set at the shutdown deadline: requests cut from then on are logged as `shutdown`, not as disconnects.
     stopping: AtomicBool,
+    /// The rows queued last, which may not be in the store yet (feedback can name them at once).
+    recent: std::sync::Mutex<Recent>,
+    /// Sees every row as it is queued (online evaluation samples from it); it must not wait.
+    tap: Option<RowTap>,
+}
+
+/// An observer of finished rows, called on the request path: it must return at once (queue, never wait).
+pub type RowTap = Arc<dyn Fn(&Record) + Send + Sync>;
+
+/// A logged request, as feedback finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Logged {
+    /// keel's id (the log row's).
+    pub id: String,
+    pub key_id: Option<String>,
+}
+
+/// The last [`Recent::CAPACITY`] rows queued for the store, by keel's id and by the client's: the log writer
+/// stores rows in batches, and a client may give feedback on an answer the moment it has it. Bounded: the
+/// oldest is forgotten (by then it was written long ago; the store answers for it).
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    by_id: std::collections::HashMap<String, Logged>,
+    by_client: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<(String, Option<String>)>,
+}
+
+impl Recent {
+    const CAPACITY: usize = 16_384;
+
+    fn note(&mut self, r: &Record) {
+        if self.by_id.contains_key(&r.id) {
+            return;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some((id, client)) = self.order.pop_front()
+        {
+            self.by_id.remove(&id);
+            if let Some(c) = client
+                && self.by_client.get(&c) == Some(&id)
+            {
+                self.by_client.remove(&c);
+            }
+        }
+        self.by_id.insert(r.id.clone(), Logged { id: r.id.clone(), key_id: r.key_id.clone() });
+        if let Some(c) = &r.client_request_id {
+            self.by_client.insert(c.clone(), r.id.clone());
+        }
+        self.order.push_back((r.id.clone(), r.client_request_id.clone()));
+    }
+
+    /// The request with keel's id `id`, else the latest with the client's id `id`.
+    fn find(&self, id: &str) -> Option<Logged> {
+        self.by_id.get(id).or_else(|| self.by_client.get(id).and_then(|k| self.by_id.get(k))).cloned()
+    }
 }
 
 impl RequestLog {
@@ -68,6 +123,28 @@ impl RequestLog {
             metrics,
             known_models: known_models.into_iter().collect(),
             stopping: AtomicBool::new(false),
+            recent: std::sync::Mutex::new(Recent::default()),
+            tap: None,
+        }
+    }
+
+    /// Adds an observer of every row as it is queued.
+    pub fn with_tap(mut self, tap: RowTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// A request queued for the log lately (by keel's id or the client's), which the store may not hold yet.
+    pub(crate) fn recent(&self, id: &str) -> Option<Logged> {
+        self.recent.lock().ok().and_then(|r| r.find(id))
+    }
+
+    fn note(&self, r: &Record) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.note(r);
+        }
+        if let Some(tap) = &self.tap {
+            tap(r);
         }
     }
 
@@ -111,9 +188,10 @@ impl RequestLog {
             cache: None,
             request_body: if raw.is_empty() { None } else { self.body(|| None, Some(raw)) },
             response_body: None,
-            metadata: arrival.metadata.clone(),
+            metadata: Value::clone(&ctx.client.metadata),
             template: ctx.template.as_ref().map(|t| t.name.to_string()),
             template_version: ctx.template.as_ref().map(|t| t.version.to_string()),
+            routing: None,
         };
         Entry {
             log: self.clone(),
@@ -125,6 +203,7 @@ impl RequestLog {
             settlement: ctx.settlement.clone(),
             cache: None,
             guard: ctx.guard.clone(),
+            escalation_time: None,
         }
     }
 
@@ -166,6 +245,8 @@ pub(crate) struct Entry {
     cache: Option<CacheOutcome>,
     /// The guards' verdicts, shared with the guard stage (a stream's output verdicts arrive until its end).
     guard: keel_pipeline::GuardReport,
+    /// The time a cascade's failed steps took, for the metrics.
+    escalation_time: Option<std::time::Duration>,
 }
 
 /// How a non-streamed request ended. Response bodies are logged in keel's canonical shape (an OpenAI chat
@@ -211,6 +292,22 @@ impl Entry {
     /// How the cache served the request (from the pipeline's context).
     pub(crate) fn cache(&mut self, outcome: Option<CacheOutcome>) {
         self.cache = outcome;
+    }
+
+    /// What a router decided (from the pipeline's context).
+    pub(crate) fn routing(&mut self, decision: Option<&keel_pipeline::RouteDecision>) {
+        let Some(d) = decision else { return };
+        if d.escalations > 0 {
+            self.escalation_time = Some(d.escalation_time);
+        }
+        if let Some(r) = self.record.as_mut() {
+            r.routing = Some(keel_store::Routing {
+                router: d.router.clone(),
+                to: d.to.clone(),
+                reason: d.reason.clone(),
+                escalations: d.escalations,
+            });
+        }
     }
 
     /// Refused before anything was done with it (unreadable body, invalid request, identity, the key's limits):
@@ -301,12 +398,15 @@ impl Entry {
 
     /// The write of a row, to await: cancel-safe (dropped before the row was queued, it queues it detached).
     fn write(&self, r: Record) -> Option<keel_store::Write> {
-        self.log.writer.as_ref().map(|w| w.write(r))
+        let w = self.log.writer.as_ref()?;
+        self.log.note(&r);
+        Some(w.write(r))
     }
 
     /// Queues the row without waiting: the request is gone.
     fn queue_detached(&self, r: Record) {
         if let Some(w) = &self.log.writer {
+            self.log.note(&r);
             w.write_detached(r);
         }
     }
@@ -330,29 +430,35 @@ impl Entry {
         let prices = &self.log.prices;
         let price = |a: &AttemptRecord, t: Tokens| prices.cost(&a.provider, &a.model, t);
         let mut total = Tokens::default();
+        // What keel estimated for broken attempts: a continued stream's reported usage includes it. (Answers
+        // set aside, a cascade's or a judge's, were reported by their provider and are not in it.)
+        let mut broken = Tokens::default();
         let mut cost = Some(0.0);
         let mut estimated = false;
         for (i, a) in attempts.iter().enumerate() {
             if let (Some(u), false) = (a.usage, Some(i) == serving) {
-                let t = Tokens { input: u.input, output: u.output, cached: 0, estimated: true };
+                let t = Tokens { input: u.input, output: u.output, cached: 0, estimated: u.estimated };
                 add(&mut total, t);
+                if u.estimated {
+                    add(&mut broken, t);
+                }
                 cost = cost.zip(price(a, t)).map(|(c, p)| c + p);
-                estimated = true;
+                estimated |= u.estimated;
             }
         }
         match serving.map(|i| &attempts[i]) {
             Some(a) => {
                 let own = match (a.usage, &reported) {
-                    (Some(u), _) => Tokens { input: u.input, output: u.output, cached: 0, estimated: true },
+                    (Some(u), _) => Tokens { input: u.input, output: u.output, cached: 0, estimated: u.estimated },
                     (None, Reported::Usage(t)) => Tokens {
-                        input: t.input.saturating_sub(total.input),
-                        output: t.output.saturating_sub(total.output),
+                        input: t.input.saturating_sub(broken.input),
+                        output: t.output.saturating_sub(broken.output),
                         cached: t.cached,
                         estimated: t.estimated,
                     },
                     (None, Reported::Unknown { text }) => Tokens {
                         input: self.prompt.tokens(&a.model),
-                        output: cost::count_text(&a.model, text).saturating_sub(total.output),
+                        output: cost::count_text(&a.model, text).saturating_sub(broken.output),
                         cached: 0,
                         estimated: true,
                     },
@@ -467,6 +573,17 @@ impl Entry {
                 outcome: r.outcome.as_str(),
             })
             .inc();
+        if let Some(routing) = &r.routing {
+            let labels = crate::metrics::RouteLabels { router: routing.router.clone(), to: routing.to.clone() };
+            m.routed.get_or_create(&labels).inc();
+            if routing.escalations > 0 {
+                let router = ModelLabels { model: routing.router.clone() };
+                m.escalations.get_or_create(&router).inc_by(u64::from(routing.escalations));
+                if let Some(t) = self.escalation_time {
+                    m.escalation_time.get_or_create(&router).observe(t.as_secs_f64());
+                }
+            }
+        }
         let labels = ModelLabels { model: model.clone() };
         m.duration.get_or_create(&labels).observe(r.latency_ms / 1000.0);
         if let Some(t) = r.ttft_ms {
