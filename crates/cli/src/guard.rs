@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use keel_config::{GuardAction, GuardPolicy};
+use keel_pipeline::RouteTable;
 use keel_pipeline::guard::{Engines, RouteGuard, TextSource, check_text};
 
 #[derive(Debug, clap::Subcommand)]
@@ -24,7 +25,9 @@ pub struct CheckArgs {
     /// The model alias whose policy applies (default: the first guarded alias of the configuration).
     #[arg(long)]
     model: Option<String>,
-    /// Where the text comes from: user, tool, retrieved (input checks) or answer (output checks).
+    /// Where the text comes from: user, tool, retrieved (input checks) or answer (output checks: secrets,
+    /// personal data, deny patterns, and the canary of the alias's route, as `keel serve` derives it from the
+    /// same configuration).
     #[arg(long, default_value = "user")]
     source: String,
     /// A JSONL file of texts instead of TEXT.
@@ -62,8 +65,11 @@ fn everything_on() -> GuardPolicy {
 
 pub fn run(command: GuardCommand) -> anyhow::Result<std::process::ExitCode> {
     let GuardCommand::Check(args) = command;
-    let (alias, policy) = match &args.config {
-        None => ("(all guards)".to_string(), everything_on()),
+    let (alias, guard) = match &args.config {
+        None => {
+            let guard = RouteGuard::new("(all guards)", "", everything_on(), Arc::new(Engines::new()?))?;
+            ("(all guards)".to_string(), Arc::new(guard))
+        }
         Some(path) => {
             let cfg = keel_config::load(path, &keel_config::ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
             let found = match &args.model {
@@ -75,11 +81,17 @@ pub fn run(command: GuardCommand) -> anyhow::Result<std::process::ExitCode> {
                     .with_context(|| format!("no alias of {} has guards ([guard])", path.display()))?,
             };
             let policy = found.guard.clone().with_context(|| format!("model alias {:?} has no guards", found.name))?;
-            (found.name.clone(), policy)
+            // The route's guards as `keel serve` builds them: its canary derives from the route's fingerprint, so
+            // an answer carrying the canary the server puts in its prompts is caught here too.
+            let routes = RouteTable::new(std::iter::once(found)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let guard = match routes.plan(&found.name).and_then(|p| p.guard.clone()) {
+                Some(guard) => guard,
+                // Every guard of the route is off (the server runs none): checked all the same, finding nothing.
+                None => Arc::new(RouteGuard::new(&found.name, "", policy, Arc::new(Engines::new()?))?),
+            };
+            (found.name.clone(), guard)
         }
     };
-    let engines = Arc::new(Engines::new()?);
-    let guard = RouteGuard::new(&alias, "", policy, engines)?;
     let default_source = source(&args.source)?;
     let mut texts: Vec<(String, TextSource)> = Vec::new();
     match (&args.file, &args.text) {

@@ -92,12 +92,14 @@ pub struct GuardPolicy {
 }
 
 impl GuardPolicy {
-    /// Whether any guard is on.
+    /// Whether any guard is on. Delimiting tool results counts: a route with a guard section marks them as data
+    /// even with every check off.
     pub fn any(&self) -> bool {
         self.injection != GuardAction::Off
             || self.pii.values().any(|a| *a != GuardAction::Off)
             || self.output != GuardAction::Off
             || self.canary
+            || self.delimit_tool_results
     }
 
     /// Whether a prompt's personal data must be looked for with the named-entity tagger as well as the
@@ -311,6 +313,16 @@ mod tests {
         assert_eq!(gpt.deny, vec!["secret".to_string(), "(?i)bluebird".to_string()]);
         assert!(gpt.canary);
         assert!(!cfg.models["small"].guard.clone().unwrap().canary);
+    }
+
+    #[test]
+    fn a_guard_section_with_every_check_off_still_delimits_tool_results() {
+        let off = "[guard]\ninjection = \"off\"\npii = \"off\"\noutput = \"off\"\n";
+        let gpt = parse(off).unwrap().models["gpt"].guard.clone().unwrap();
+        assert!(gpt.delimit_tool_results && !gpt.canary);
+        assert!(gpt.any(), "the route keeps its guard stage for the delimiters");
+        let none = parse(&format!("{off}delimit_tool_results = false\n")).unwrap();
+        assert!(!none.models["gpt"].guard.clone().unwrap().any());
     }
 
     #[test]

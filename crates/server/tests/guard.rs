@@ -335,3 +335,21 @@ async fn an_answer_carrying_a_secret_or_the_canary_is_withheld() {
     assert_eq!(leaked.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", leaked.body);
     assert!(leaked.guard.unwrap().contains("output=block(canary)"));
 }
+
+#[tokio::test]
+async fn a_grounded_answer_quoting_its_passage_is_not_a_system_prompt_leak() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = keel(&mock, dir.path()).await;
+    // No system message of the client's: the reference data is the only system message the upstream sees, and it
+    // is not the operator's prompt, so quoting a passage (twelve words and more) leaks nothing.
+    let quote = "Lima is the capital of Peru and its largest city, on the Pacific coast [1].";
+    mock.enqueue(Reply::text(quote));
+    let body =
+        json!({"model": "grounded", "messages": [{"role": "user", "content": "What is the capital of Peru? Lima?"}]});
+    let a = post(&app, "/v1/chat/completions", body).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["sources"][0]["source"], "lima.txt");
+    assert_eq!(a.json()["choices"][0]["message"]["content"], quote);
+    assert!(!a.guard.unwrap_or_default().contains("output="), "no output verdict");
+}
