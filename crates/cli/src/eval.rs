@@ -175,6 +175,7 @@ impl InProcess {
                 let _ = stopped.await;
             },
             Some(ready),
+            None,
         ));
         // Loading models takes seconds; a configuration that cannot be served ends the task with its error.
         tokio::select! {

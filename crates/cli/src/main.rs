@@ -8,6 +8,7 @@ mod logs;
 mod metrics;
 mod quality;
 mod rag;
+mod reload;
 mod route;
 
 /// mimalloc: the gateway allocates many small, short-lived buffers per request; glibc's malloc showed up as
@@ -233,7 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             let traces = init_tracing(cfg.server.log_format, &cfg.telemetry)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let served = runtime.block_on(serve(cfg));
+            let served = runtime.block_on(serve(cfg, config));
             if let Some(provider) = traces
                 && let Err(e) = provider.shutdown()
             {
@@ -402,11 +403,11 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
-    serve_on(cfg, listener, shutdown_signal(), None).await
+    serve_on(cfg, listener, shutdown_signal(), None, file).await
 }
 
 /// The online evaluations of the configuration (`[online_evals]`), evaluating through this keel's own port
@@ -459,12 +460,35 @@ pub(crate) async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+    file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     let nofile = raise_fd_limit();
+    // The configuration's text, for its version and for what a reload changes.
+    let text = match &file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => default_config::text(&ProcessEnv),
+    };
+    let info = reload::version_of(
+        &text,
+        &file.as_ref().map_or_else(|| "embedded default".into(), |p| p.display().to_string()),
+    );
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
     let mut sources = Vec::new();
     let providers = with_local_models(&cfg, providers, &mut sources).await?;
+    let locals: std::collections::BTreeMap<_, _> = cfg
+        .providers
+        .values()
+        .filter(|p| p.kind == keel_config::ProviderKind::Local)
+        .filter_map(|p| providers.get(&p.id).map(|l| (p.id.clone(), l.clone())))
+        .collect();
+    let local_models = cfg
+        .models
+        .values()
+        .flat_map(|m| m.targets.iter().chain(&m.context_fallback))
+        .filter(|t| locals.contains_key(&t.provider))
+        .map(|t| (t.provider.clone(), t.model.clone()))
+        .collect();
     let kinds = cfg.providers.iter().map(|(id, p)| (id.clone(), p.kind)).collect();
     let prices = keel_pipeline::cost::Prices::new(cfg.prices.clone(), kinds);
     let routes = keel_pipeline::RouteTable::build(cfg.models.values(), cfg.routers.values(), Some(&prices))
@@ -495,14 +519,6 @@ pub(crate) async fn serve_on(
     let cache = cache::parts(&cfg, &providers, &routes, cache_store).await?;
     sources.extend(metrics::cache(cache.stats()));
     let server = &cfg.server;
-    // Each alias may take three quarters of the instance's slots: a stalled upstream leaves room for the rest.
-    let route_limits = keel_pipeline::RouteLimits::new(
-        &routes,
-        |alias| cfg.models.get(alias).and_then(|m| m.max_in_flight),
-        (server.max_in_flight * 3 / 4).max(1),
-        server.admission_queue,
-        server.admission_queue_timeout,
-    );
     let admission = Arc::new(keel_pipeline::Limiter::new(
         server.max_in_flight,
         server.admission_queue,
@@ -510,10 +526,8 @@ pub(crate) async fn serve_on(
     ));
     let conn_stats = Arc::new(keel_server::ConnStats::default());
     sources.extend(metrics::admission("instance", &admission));
-    for (alias, limiter) in route_limits.all() {
-        sources.extend(metrics::admission(alias, limiter));
-    }
     sources.extend(metrics::connections(&conn_stats));
+    let prices = keel_pipeline::cost::SharedPrices::new(prices);
     let auth = match &store {
         Some(store) => Some(Arc::new(auth(&cfg, store.clone(), prices.clone()).await?)),
         None if cfg.auth.enabled => anyhow::bail!("[auth] enabled needs keel's store: set [log] enabled = true"),
@@ -552,73 +566,115 @@ pub(crate) async fn serve_on(
     let admin =
         keel_server::AdminAccess::of(cfg.auth.admin_key.as_ref(), cfg.auth.open_admin_on_loopback, server.listen);
     say_admin_access(&admin, &cfg);
-    let mut log =
-        keel_server::RequestLog::new(writer, cfg.log.bodies, cfg.log.max_body_bytes, prices, metrics, routes.names());
+    let mut log = keel_server::RequestLog::new(
+        writer,
+        cfg.log.bodies,
+        cfg.log.max_body_bytes,
+        prices.clone(),
+        metrics.clone(),
+        routes.names(),
+    );
     if let Some(o) = online {
         log = log.with_tap(Arc::new(move |r: &keel_store::Record| o.offer(r)));
     }
     let collections =
         rag::serving(&cfg, keel_pipeline::Call::new(providers.clone(), breakers.clone()), &routes).await?;
-    let state = keel_server::AppState::from_parts(keel_server::Parts {
-        collections,
-        routes,
-        providers,
-        cache: Some(cache),
-        route_limits,
-        breakers,
-        log: Arc::new(log),
-        feedback: store.clone().map(|s| s as Arc<dyn keel_store::FeedbackStore>),
-        store: store.map(|s| s as Arc<dyn keel_store::LogStore>),
-        auth,
-        admin,
-        admission,
-        shutdown: keel_server::Shutdown::default(),
-        // The OpenAI Files and vector stores APIs keep their files and records in the data directory.
-        files_dir: Some(PathBuf::from(keel_config::data_dir(&ProcessEnv)).join("files")),
-        templates: Arc::new(keel_pipeline::Templates::new(&cfg.templates).map_err(anyhow::Error::msg)?),
-    });
     let limits = keel_server::ServerLimits {
         max_body_bytes: server.max_body_bytes,
         body_read_timeout: server.body_read_timeout,
         max_header_bytes: server.max_header_bytes,
         ..keel_server::ServerLimits::default()
     };
-    let router = keel_server::router(state.clone(), limits);
+    let shared = reload::Shared {
+        cache: Some(cache),
+        log: Arc::new(log),
+        metrics,
+        prices,
+        store,
+        auth,
+        admin,
+        admission,
+        shutdown: keel_server::Shutdown::default(),
+        // The OpenAI Files and vector stores APIs keep their files and records in the data directory.
+        files_dir: Some(PathBuf::from(keel_config::data_dir(&ProcessEnv)).join("files")),
+        collections,
+        limits,
+        locals: locals.into_iter().collect(),
+        local_models,
+        reload: keel_server::ReloadHandle::default(),
+    };
+    let (grace, header_read_timeout, idle_timeout, max_header_bytes, max_in_flight, max_connections) = (
+        server.shutdown_grace,
+        server.header_read_timeout,
+        server.idle_timeout,
+        server.max_header_bytes,
+        server.max_in_flight,
+        server.max_connections,
+    );
+    let models = cfg.models.len();
+    let (first, first_prices, first_routes) = {
+        let base =
+            reload::Base { providers: &providers, unchanged: &|_| true, breakers: &breakers, route_limits: None };
+        reload::build(&shared, cfg, text, info, &base).map_err(anyhow::Error::msg)?
+    };
+    reload::publish(&shared, &first, first_prices, &first_routes);
+    let state = first.app.clone();
+    let versions = keel_server::Versions::new(keel_server::router(state.clone(), limits), &first.info);
+    tracing::info!(version = %first.info.version, source = %first.info.source, "configuration in force");
+    let reloader = reload::Reloader::new(file, shared, versions.clone(), first);
     let addr = listener.local_addr()?;
     // A connection holds a descriptor and, while a request is in flight, usually one upstream: half the limit.
-    let max_connections = server
-        .max_connections
+    let max_connections = max_connections
         .unwrap_or_else(|| usize::try_from((nofile.saturating_sub(256) / 2).clamp(64, 16_384)).unwrap_or(64));
-    tracing::info!(
-        %addr,
-        models = cfg.models.len(),
-        max_in_flight = server.max_in_flight,
-        max_connections,
-        "keel listening on http://{addr}"
-    );
+    tracing::info!(%addr, models, max_in_flight, max_connections, "keel listening on http://{addr}");
     let opts = keel_server::ConnOptions {
-        grace: server.shutdown_grace,
-        header_read_timeout: server.header_read_timeout,
-        idle_timeout: server.idle_timeout,
+        grace,
+        header_read_timeout,
+        idle_timeout,
         max_connections,
-        max_header_bytes: server.max_header_bytes,
+        max_header_bytes,
         stats: conn_stats,
     };
     let at_deadline = {
         let state = state.clone();
         move || state.deadline()
     };
+    let hangups = reload_on_hangup(reloader.clone());
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
-    keel_server::serve(listener, router, shutdown, opts, at_deadline).await?;
+    keel_server::serve(listener, versions.router(), shutdown, opts, at_deadline).await?;
+    hangups.abort();
     drop(state);
+    drop(versions);
+    drop(reloader);
     // Every connection is gone: the rows of requests cut at the deadline are queued; write them all.
     if let Some(task) = writer_task {
         task.close().await;
     }
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// SIGHUP reloads the configuration file (as `POST /admin/config/reload` does).
+fn reload_on_hangup(reloader: std::sync::Arc<reload::Reloader>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use keel_server::Reload;
+            let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP: reload through POST /admin/config/reload");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged by the reloader.
+                let _ = reloader.reload().await;
+            }
+        }
+        #[cfg(not(unix))]
+        drop(reloader);
+    })
 }
 
 /// Adds the in-process models of every `local` provider (loaded now, pulled first when packaged and missing).
@@ -685,7 +741,7 @@ fn raise_fd_limit() -> u64 {
 async fn auth(
     cfg: &Config,
     store: std::sync::Arc<dyn keel_store::Store>,
-    prices: keel_pipeline::cost::Prices,
+    prices: keel_pipeline::cost::SharedPrices,
 ) -> anyhow::Result<keel_server::Auth> {
     let counters: std::sync::Arc<dyn keel_limits::Counters> = match &cfg.auth.redis {
         Some(url) => std::sync::Arc::new(

@@ -4,6 +4,7 @@
 //! them together. Components receive their slice of the resolved [`Config`], never the whole file.
 
 mod cache;
+mod diff;
 mod guard;
 mod log;
 mod online;
@@ -18,6 +19,7 @@ mod toml_errors;
 use std::path::Path;
 
 pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
+pub use diff::changed_sections;
 pub use guard::{DEFAULT_OUTPUT_ENTITIES, GuardAction, GuardPolicy};
 pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store};
 pub use online::OnlineEval;

@@ -159,6 +159,32 @@ impl RouteLimits {
         self.by_alias.get(alias)
     }
 
+    /// The limiters of a reloaded configuration: an alias whose limit is unchanged keeps its limiter, so the
+    /// requests it holds still count against the new configuration; a new alias or a changed limit gets a new
+    /// one (requests admitted under the old limit finish under it).
+    pub fn carry(
+        &self,
+        routes: &RouteTable,
+        limit_of: impl Fn(&str) -> Option<usize>,
+        default_in_flight: usize,
+        queue: usize,
+        wait: Duration,
+    ) -> Self {
+        let by_alias = routes
+            .plan_names()
+            .into_iter()
+            .map(|alias| {
+                let n = limit_of(&alias).unwrap_or(default_in_flight).clamp(1, Semaphore::MAX_PERMITS);
+                let limiter = match self.by_alias.get(&alias) {
+                    Some(l) if l.capacity() == n => l.clone(),
+                    _ => Arc::new(Limiter::new(n, queue, wait)),
+                };
+                (alias, limiter)
+            })
+            .collect();
+        Self { by_alias: Arc::new(by_alias) }
+    }
+
     /// Every alias's limiter, sorted by alias (for the metrics).
     pub fn all(&self) -> Vec<(&str, &Arc<Limiter>)> {
         let mut v: Vec<_> = self.by_alias.iter().map(|(a, l)| (a.as_str(), l)).collect();
@@ -269,5 +295,26 @@ mod tests {
         assert_eq!(s.next().await, Some(2));
         assert_eq!(s.next().await, None);
         assert_eq!(l.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_limiter_of_an_alias_whose_limit_did_not_change() {
+        let routes = |text: &str| {
+            let cfg = keel_config::parse(text, &std::collections::HashMap::<String, String>::new()).unwrap();
+            RouteTable::build(cfg.models.values(), cfg.routers.values(), None).unwrap()
+        };
+        let base = "[providers.p]\nkind = \"vllm\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+        let old_table =
+            routes(&format!("{base}[models.a]\nprovider = \"p\"\n[models.b]\nprovider = \"p\"\nmax_in_flight = 4\n"));
+        let limit = |n: Option<usize>| move |alias: &str| if alias == "b" { n } else { None };
+        let old = RouteLimits::new(&old_table, limit(Some(4)), 8, 1, Duration::from_secs(1));
+        let held = old.get("a").unwrap().clone();
+        let new_table = routes(&format!(
+            "{base}[models.a]\nprovider = \"p\"\n[models.b]\nprovider = \"p\"\n[models.c]\nprovider = \"p\"\n"
+        ));
+        let new = old.carry(&new_table, limit(Some(2)), 8, 1, Duration::from_secs(1));
+        assert!(Arc::ptr_eq(new.get("a").unwrap(), &held), "a's slots still count the requests it holds");
+        assert_eq!(new.get("b").unwrap().capacity(), 2, "b's new limit applies");
+        assert!(new.get("c").is_some());
     }
 }

@@ -3,6 +3,7 @@
 //! tokenizer (tiktoken's encodings for OpenAI models, an approximation for others, and said so).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use keel_config::{Price, ProviderId, ProviderKind};
 use keel_types::{ChatRequest, Content, EmbeddingInput, EmbeddingsRequest};
@@ -53,6 +54,33 @@ pub struct Tokens {
     pub cached: u64,
     /// Counted by keel rather than reported by the provider.
     pub estimated: bool,
+}
+
+/// The price table in force, shared by everything that prices a request (budget reservations, the log's cost):
+/// a reloaded configuration replaces it for all of them at once. Readers load it without a lock.
+#[derive(Debug, Clone, Default)]
+pub struct SharedPrices(Arc<arc_swap::ArcSwap<Prices>>);
+
+impl SharedPrices {
+    pub fn new(prices: Prices) -> Self {
+        Self(Arc::new(arc_swap::ArcSwap::from_pointee(prices)))
+    }
+
+    /// The table in force now.
+    pub fn load(&self) -> Arc<Prices> {
+        self.0.load_full()
+    }
+
+    /// Replaces the table for every holder of this handle.
+    pub fn set(&self, prices: Prices) {
+        self.0.store(Arc::new(prices));
+    }
+}
+
+impl From<Prices> for SharedPrices {
+    fn from(p: Prices) -> Self {
+        Self::new(p)
+    }
 }
 
 /// The price table: configured prices over the built-in list; in-process models cost nothing.

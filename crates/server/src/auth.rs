@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use keel_limits::{Counters, Keys};
-use keel_pipeline::cost::Prices;
+use keel_pipeline::cost::SharedPrices;
 use keel_pipeline::{Endpoint, InboundApi, Principal, RequestId};
 
 use crate::keys::Settler;
@@ -26,7 +26,7 @@ pub struct Auth {
     pub admin_key: Option<keel_config::Secret>,
     pub public: Vec<String>,
     pub default_output_tokens: u32,
-    pub prices: Prices,
+    pub prices: SharedPrices,
 }
 
 pub(crate) fn error(status: StatusCode, kind: &'static str, code: &str, message: impl Into<String>) -> ApiError {

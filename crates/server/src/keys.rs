@@ -147,8 +147,9 @@ async fn admit(
         }
         Operation::Embeddings(_) => 0,
     };
+    let prices = auth.prices.load();
     let cost_of = |input: u64| match (&ctx.route, budgeted) {
-        (Some(plan), true) => plan_worst_case(plan, &auth.prices, input, output),
+        (Some(plan), true) => plan_worst_case(plan, &prices, input, output),
         _ => 0.0,
     };
     // Budgets reserve with the cheap upper bound of the prompt's tokens first; only a refusal is re-checked

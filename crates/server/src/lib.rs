@@ -21,6 +21,7 @@ mod log;
 mod metrics;
 mod openai;
 mod rag;
+mod reload;
 mod request_id;
 mod shutdown;
 mod stack;
@@ -43,6 +44,7 @@ pub use keel_pipeline::Principal;
 pub use keys::Settler;
 pub use log::{RequestLog, RowTap};
 pub use metrics::{Metrics, Source, SourceKind};
+pub use reload::{ConfigVersion, Reload, ReloadError, ReloadHandle, Reloaded, VERSION_HEADER, Versions};
 pub use request_id::enable_request_spans;
 pub use shutdown::Shutdown;
 
@@ -74,6 +76,8 @@ struct Inner {
     templates: Arc<keel_pipeline::Templates>,
     /// Feedback and quality (`/v1/feedback`, `/admin/quality`); none without a store.
     feedback: Option<Arc<dyn keel_store::FeedbackStore>>,
+    config: Arc<ConfigVersion>,
+    reload: Option<ReloadHandle>,
 }
 
 /// Who may use `/admin/*`.
@@ -123,6 +127,10 @@ pub struct Parts {
     pub templates: Arc<keel_pipeline::Templates>,
     /// Where feedback is kept and quality computed; none: `/v1/feedback` and `/admin/quality` answer 404.
     pub feedback: Option<Arc<dyn keel_store::FeedbackStore>>,
+    /// The configuration version these parts were built from (`GET /admin/config`).
+    pub config: ConfigVersion,
+    /// What `POST /admin/config/reload` calls.
+    pub reload: Option<ReloadHandle>,
 }
 
 impl Parts {
@@ -155,6 +163,8 @@ impl Parts {
             files_dir: None,
             templates: Arc::new(keel_pipeline::Templates::default()),
             feedback: None,
+            config: ConfigVersion { version: "embedded".into(), source: "parts".into(), since_ms: 0 },
+            reload: None,
         }
     }
 }
@@ -187,6 +197,8 @@ impl AppState {
             files: p.files_dir.map(|dir| Arc::new(files::FileArea::new(dir))),
             templates: p.templates,
             feedback: p.feedback,
+            config: Arc::new(p.config),
+            reload: p.reload,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -252,6 +264,8 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/health", get(health))
         .route("/admin/circuits", get(circuits))
+        .route("/admin/config", get(reload::show))
+        .route("/admin/config/reload", post(reload::reload))
         .route("/admin/requests", get(admin::requests))
         .route("/v1/feedback", post(feedback::create))
         .route("/admin/feedback", get(feedback::list))

@@ -76,6 +76,8 @@ pub struct Source {
     pub help: &'static str,
     pub labels: Vec<(String, String)>,
     pub kind: SourceKind,
+    /// The owner that may replace it ([`Metrics::replace_group`]); `None`: kept for the process's life.
+    pub group: Option<&'static str>,
 }
 
 /// How a [`Source`] is read.
@@ -107,7 +109,7 @@ impl Source {
         labels: &[(&str, &str)],
         read: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Self {
-        Self { name, help, labels: own(labels), kind: SourceKind::Counter(Arc::new(read)) }
+        Self { name, help, labels: own(labels), kind: SourceKind::Counter(Arc::new(read)), group: None }
     }
 
     pub fn gauge(
@@ -116,7 +118,7 @@ impl Source {
         labels: &[(&str, &str)],
         read: impl Fn() -> i64 + Send + Sync + 'static,
     ) -> Self {
-        Self { name, help, labels: own(labels), kind: SourceKind::Gauge(Arc::new(read)) }
+        Self { name, help, labels: own(labels), kind: SourceKind::Gauge(Arc::new(read)), group: None }
     }
 }
 
@@ -147,6 +149,8 @@ pub struct Metrics {
     /// What cache hits saved: the upstream price of the answers they gave again.
     pub(crate) cache_saved: Counter<f64, AtomicU64>,
     sources: Arc<std::sync::Mutex<Vec<Source>>>,
+    /// The circuit breakers of the configuration in force (replaced on reload).
+    breakers: Arc<std::sync::RwLock<Breakers>>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -215,7 +219,8 @@ impl Metrics {
             escalation_time.clone(),
         );
         let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
-        registry.register_collector(Box::new(Live { breakers, log, sources: sources.clone() }));
+        let breakers = Arc::new(std::sync::RwLock::new(breakers));
+        registry.register_collector(Box::new(Live { breakers: breakers.clone(), log, sources: sources.clone() }));
         Self {
             registry,
             requests,
@@ -233,6 +238,14 @@ impl Metrics {
             escalations,
             escalation_time,
             sources,
+            breakers,
+        }
+    }
+
+    /// The breakers of a reloaded configuration, read from the next scrape on.
+    pub fn set_breakers(&self, breakers: Breakers) {
+        if let Ok(mut b) = self.breakers.write() {
+            *b = breakers;
         }
     }
 
@@ -244,8 +257,22 @@ impl Metrics {
 
     /// Adds values read at scrape time (sources of one name form one family).
     pub fn add(&self, more: impl IntoIterator<Item = Source>) {
+        self.replace_group(None, more);
+    }
+
+    /// Replaces the sources of `group` (those a configuration version owns, such as its aliases' admission
+    /// limiters) with `more`; `None` only adds.
+    pub fn replace_group(&self, group: Option<&'static str>, more: impl IntoIterator<Item = Source>) {
         if let Ok(mut s) = self.sources.lock() {
-            s.extend(more);
+            if let Some(g) = group {
+                s.retain(|src| src.group != Some(g));
+            }
+            s.extend(more.into_iter().map(|mut src| {
+                if group.is_some() {
+                    src.group = group;
+                }
+                src
+            }));
             // One family per name, in the order names were first added.
             let mut order: Vec<&'static str> = Vec::new();
             for src in s.iter() {
@@ -268,7 +295,7 @@ impl Metrics {
 /// Values read at scrape time: circuit states, the request log's queue, and the other components' sources.
 #[derive(Debug)]
 struct Live {
-    breakers: Breakers,
+    breakers: Arc<std::sync::RwLock<Breakers>>,
     log: Option<Arc<WriterStats>>,
     sources: Arc<std::sync::Mutex<Vec<Source>>>,
 }
@@ -280,7 +307,7 @@ struct TargetLabels {
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let states = self.breakers.states();
+        let states = self.breakers.read().map(|b| b.states()).unwrap_or_default();
         let probe = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "circuit_state",

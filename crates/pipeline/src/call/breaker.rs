@@ -208,6 +208,17 @@ impl Breakers {
         Self { map: Arc::new(map) }
     }
 
+    /// The breakers of a reloaded configuration: a target that was already there with the same policy keeps
+    /// its breaker (an open circuit stays open across a reload); new targets, or changed policies, start closed.
+    pub fn carry(&self, targets: impl IntoIterator<Item = (ModelTarget, CircuitPolicy)>) -> Self {
+        let mut map = HashMap::new();
+        for (target, policy) in targets {
+            let kept = self.map.get(&target).filter(|b| b.policy == policy).cloned();
+            map.entry(target).or_insert_with(|| kept.unwrap_or_else(|| Arc::new(Breaker::new(policy))));
+        }
+        Self { map: Arc::new(map) }
+    }
+
     pub(crate) fn get(&self, target: &ModelTarget) -> Option<&Arc<Breaker>> {
         self.map.get(target)
     }
@@ -278,5 +289,21 @@ mod tests {
             supports_prefill: false,
         });
         assert_eq!((s.state, s.times_opened), ("open", 1));
+    }
+
+    #[test]
+    fn a_reload_keeps_an_open_circuit_open_and_starts_new_or_changed_ones_closed() {
+        let target =
+            |m: &str| ModelTarget { provider: "p".into(), model: m.into(), deployment: None, supports_prefill: false };
+        let old = Breakers::new([(target("a"), policy()), (target("b"), policy())]);
+        for _ in 0..3 {
+            old.get(&target("a")).unwrap().acquire().unwrap().record(false);
+        }
+        let changed = CircuitPolicy { consecutive_failures: 9, ..policy() };
+        let new = old.carry([(target("a"), policy()), (target("b"), changed), (target("c"), policy())]);
+        assert!(new.get(&target("a")).unwrap().acquire().is_none(), "a's circuit is still open");
+        assert!(Arc::ptr_eq(new.get(&target("a")).unwrap(), old.get(&target("a")).unwrap()));
+        assert!(!Arc::ptr_eq(new.get(&target("b")).unwrap(), old.get(&target("b")).unwrap()), "b's policy changed");
+        assert!(new.get(&target("c")).unwrap().acquire().is_some());
     }
 }

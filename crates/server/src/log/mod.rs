@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use keel_config::BodyPolicy;
-use keel_pipeline::cost::{self, Prices, Tokens};
+use keel_pipeline::cost::{self, SharedPrices, Tokens};
 use keel_pipeline::{
     AttemptOutcome, AttemptRecord, Attempts, CacheOutcome, Endpoint, Operation, Principal, Prompt, RequestContext,
     Settlement,
@@ -43,10 +43,12 @@ pub struct RequestLog {
     writer: Option<LogWriter>,
     bodies: BodyPolicy,
     max_body: usize,
-    prices: Prices,
+    /// Shared with the budget reservations; a reloaded configuration replaces it.
+    prices: SharedPrices,
     metrics: Arc<Metrics>,
     /// Model aliases clients may name; any other name is counted as "unknown" in metrics (bounded labels).
-    known_models: HashSet<String>,
+    /// Replaced whole when a configuration is reloaded.
+    known_models: arc_swap::ArcSwap<HashSet<String>>,
     /// Set at the shutdown deadline: requests cut from then on are logged as `shutdown`, not as disconnects.
     stopping: AtomicBool,
     /// The rows queued last, which may not be in the store yet (feedback can name them at once).
@@ -111,7 +113,7 @@ impl RequestLog {
         writer: Option<LogWriter>,
         bodies: BodyPolicy,
         max_body: usize,
-        prices: Prices,
+        prices: impl Into<SharedPrices>,
         metrics: Arc<Metrics>,
         known_models: impl IntoIterator<Item = String>,
     ) -> Self {
@@ -119,9 +121,9 @@ impl RequestLog {
             writer,
             bodies,
             max_body,
-            prices,
+            prices: prices.into(),
             metrics,
-            known_models: known_models.into_iter().collect(),
+            known_models: arc_swap::ArcSwap::from_pointee(known_models.into_iter().collect()),
             stopping: AtomicBool::new(false),
             recent: std::sync::Mutex::new(Recent::default()),
             tap: None,
@@ -150,6 +152,11 @@ impl RequestLog {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The aliases a reloaded configuration serves (the metrics' bounded `model` label).
+    pub fn set_known_models(&self, names: impl IntoIterator<Item = String>) {
+        self.known_models.store(Arc::new(names.into_iter().collect()));
     }
 
     /// The shutdown deadline came: what is cut from now on was cut by keel, not by its client.
@@ -427,7 +434,7 @@ impl Entry {
             .map(|i| &attempts[i])
             .filter(|a| !matches!(a.outcome, AttemptOutcome::InFlight))
             .map(|a| format!("{}/{}", a.provider, a.model));
-        let prices = &self.log.prices;
+        let prices = self.log.prices.load();
         let price = |a: &AttemptRecord, t: Tokens| prices.cost(&a.provider, &a.model, t);
         let mut total = Tokens::default();
         // What keel estimated for broken attempts: a continued stream's reported usage includes it. (Answers
@@ -536,7 +543,7 @@ impl Entry {
             CacheOutcome::Hit { similarity, saved } => {
                 r.cost_usd = Some(0.0);
                 let provider = keel_config::ProviderId::from(saved.provider.as_str());
-                let was = self.log.prices.cost(&provider, &saved.model, tokens);
+                let was = self.log.prices.load().cost(&provider, &saved.model, tokens);
                 if let Value::Object(meta) = &mut r.metadata {
                     meta.insert("cache_source".into(), Value::String(format!("{}/{}", saved.provider, saved.model)));
                     if let Some(c) = was {
@@ -561,7 +568,7 @@ impl Entry {
     fn observe(&self, r: &Record) {
         let m = &self.log.metrics;
         let model = match r.model_requested.as_deref() {
-            Some(name) if self.log.known_models.contains(name) => name.to_string(),
+            Some(name) if self.log.known_models.load().contains(name) => name.to_string(),
             Some(_) => "unknown".to_string(),
             None => String::new(),
         };
