@@ -319,33 +319,12 @@ async fn run_one(
         );
         return Ok(false);
     }
-    let baseline = match &suite.gate.baseline {
-        None => None,
-        Some(b) => {
-            let base = if b == "previous" {
-                store
-                    .runs(Some(&suite.name), 50)
-                    .await?
-                    .into_iter()
-                    .find(|r| r.id != finished.run.id && r.finished_ms.is_some())
-            } else {
-                store.run(b).await?
-            };
-            match base {
-                Some(base) => {
-                    let before = store.results(&base.id).await?;
-                    let c = Comparison::of(&base.id, &before, &finished.run.id, &finished.results);
-                    print!("{}", report::compare_text(&c, 5));
-                    Some(c)
-                }
-                None if b == "previous" => {
-                    println!("  no previous finished run of {} to compare with", suite.name);
-                    None
-                }
-                None => anyhow::bail!("baseline run {b} not found"),
-            }
-        }
-    };
+    let baseline = baseline(suite, store, &finished.run.id).await?;
+    match (&baseline, &suite.gate.baseline) {
+        (Some(c), _) => print!("{}", report::compare_text(c, 5)),
+        (None, Some(_)) => println!("  no previous finished run of {} to compare with", suite.name),
+        (None, None) => {}
+    }
     let failures = keel_eval::gate_failures(&suite.gate, &finished.summary, baseline.as_ref());
     for f in &failures {
         println!("  GATE FAILED: {f}");
@@ -356,6 +335,25 @@ async fn run_one(
         println!("  gate passed");
     }
     Ok(failures.is_empty())
+}
+
+/// The comparison of run `id` of `suite` with the suite's baseline (`[gate] baseline`): `"previous"`, the last
+/// other finished run of the suite (none yet: `None`), or a run id (which must exist).
+pub(crate) async fn baseline(
+    suite: &Suite,
+    store: &Arc<dyn EvalStore>,
+    id: &str,
+) -> anyhow::Result<Option<Comparison>> {
+    let Some(b) = &suite.gate.baseline else { return Ok(None) };
+    let base = if b == "previous" {
+        store.runs(Some(&suite.name), 50).await?.into_iter().find(|r| r.id != id && r.finished_ms.is_some())
+    } else {
+        Some(store.run(b).await?.with_context(|| format!("baseline run {b} not found"))?)
+    };
+    let Some(base) = base else { return Ok(None) };
+    let before = store.results(&base.id).await?;
+    let after = store.results(id).await?;
+    Ok(Some(Comparison::of(&base.id, &before, id, &after)))
 }
 
 impl Reports {

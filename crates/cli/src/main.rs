@@ -473,6 +473,17 @@ pub(crate) async fn serve_on(
         &text,
         &file.as_ref().map_or_else(|| "embedded default".into(), |p| p.display().to_string()),
     );
+    // The reload gate's suites must load now, not first when a reload needs them.
+    if let Some(path) = &file {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        for suite in &cfg.reload.gate {
+            keel_eval::Suite::load(&dir.join(suite)).with_context(|| format!("reload.gate: {}", suite.display()))?;
+        }
+        anyhow::ensure!(
+            cfg.reload.gate.is_empty() || cfg.log.enabled,
+            "reload.gate stores its runs in keel's store: set [log] enabled = true"
+        );
+    }
     let providers = keel_providers::Providers::from_config(cfg.providers.values()).context("building providers")?;
     let mut sources = Vec::new();
     let providers = with_local_models(&cfg, providers, &mut sources).await?;

@@ -142,6 +142,76 @@ pub(crate) fn publish(shared: &Shared, version: &Version, prices: Prices, routes
     shared.metrics.replace_group(Some(ROUTE_METRICS), sources);
 }
 
+/// The aliases a router can send a request to (its rules' targets and default, a cascade's steps and judge, a
+/// learned router's two sides and embedding model).
+fn router_aliases(r: &keel_config::Router) -> Vec<&str> {
+    match &r.kind {
+        keel_config::RouterKind::Rules { rules, default } => {
+            rules.iter().map(|rule| rule.to.as_str()).chain([default.as_str()]).collect()
+        }
+        keel_config::RouterKind::Cascade(c) => {
+            let judge = match &c.check {
+                keel_config::CascadeCheck::Judge { model, .. } => Some(model.as_str()),
+                _ => None,
+            };
+            c.steps.iter().map(String::as_str).chain(judge).collect()
+        }
+        keel_config::RouterKind::Learned(l) => vec![l.small.as_str(), l.large.as_str(), l.embedding.as_str()],
+    }
+}
+
+/// The model names (aliases, routers) and templates whose behaviour `changed` may alter in `new`: the entries
+/// changed themselves, the aliases on a changed provider, routers reaching an affected alias, templates running
+/// on an affected name; `None`: everything (a section that applies to every alias changed).
+fn affected(new: &Config, changed: &[String]) -> Option<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    let mut providers = BTreeSet::new();
+    for section in changed {
+        match section.split_once('.') {
+            Some(("models" | "routers" | "templates", name)) => {
+                names.insert(name.to_string());
+            }
+            Some(("providers", name)) => {
+                providers.insert(name.to_string());
+            }
+            // Prices change what a run costs (a cost gate), the global guard and reliability every alias.
+            None if matches!(section.as_str(), "guard" | "reliability" | "prices") => return None,
+            _ => {}
+        }
+    }
+    for alias in new.models.values() {
+        if alias.targets.iter().chain(&alias.context_fallback).any(|t| providers.contains(&*t.provider.0)) {
+            names.insert(alias.name.clone());
+        }
+    }
+    // Routers of routers are not configurable, so one pass over routers suffices.
+    for r in new.routers.values() {
+        if router_aliases(r).iter().any(|a| names.contains(*a)) {
+            names.insert(r.name.clone());
+        }
+    }
+    for t in new.templates.values() {
+        if names.contains(&t.model) {
+            names.insert(t.name.clone());
+        }
+    }
+    Some(names)
+}
+
+/// The gate suites a change concerns: those whose model or template it may alter.
+fn concerned<'a>(suites: &'a [keel_eval::Suite], affected: Option<&BTreeSet<String>>) -> Vec<&'a keel_eval::Suite> {
+    suites
+        .iter()
+        .filter(|s| {
+            let name = match &s.target {
+                keel_eval::Target::Template { name, .. } => name,
+                keel_eval::Target::Prompt { model, .. } => model,
+            };
+            affected.is_none_or(|a| a.contains(name))
+        })
+        .collect()
+}
+
 /// Reloads the configuration file on request; one reload at a time.
 pub(crate) struct Reloader {
     file: Option<PathBuf>,
@@ -197,12 +267,137 @@ impl Reloader {
         };
         let (next, prices, routes) =
             build(&self.shared, cfg, text, info, &base).map_err(|e| ReloadError::Invalid(vec![e]))?;
+        // The gate of the configuration in force judges the change: the suites it concerns run against the new
+        // version, on a port of its own, before it takes traffic.
+        let gate = &current.cfg.reload;
+        if !gate.gate.is_empty() {
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            let job = Gate {
+                suites: gate.gate.iter().map(|p| dir.join(p)).collect(),
+                affected: affected(&next.cfg, &changed),
+                app: next.app.clone(),
+                limits: self.shared.limits,
+                store: self.shared.store.clone(),
+                key: match &self.shared.auth {
+                    Some(auth) if auth.enabled => Some(auth.admin_key.as_ref().map(|k| k.expose().to_string())),
+                    _ => None,
+                },
+                timeout: gate.gate_timeout,
+            };
+            // A run's future is not `Send` (a higher-ranked lifetime in keel-eval's case stream), so it runs on a
+            // blocking thread of the runtime, driven by the runtime's IO and timers.
+            let handle = tokio::runtime::Handle::current();
+            let failures = tokio::task::spawn_blocking(move || handle.block_on(job.run()))
+                .await
+                .map_err(|e| ReloadError::Failed(format!("reload gate: {e}")))??;
+            if !failures.is_empty() {
+                return Err(ReloadError::GateFailed(failures));
+            }
+        }
         publish(&self.shared, &next, prices, &routes);
         self.versions.swap(keel_server::router(next.app.clone(), self.shared.limits), &next.info);
         let version = next.info.version.clone();
         tracing::info!(%previous, %version, changed = %changed.join(", "), "configuration reloaded");
         *current = next;
         Ok(Reloaded { previous, version, changed })
+    }
+}
+
+/// The evaluation gate of one reload: the suites of `[reload] gate` that the change concerns, run against the
+/// new version served on a loopback port of its own (the version in force keeps serving everyone else), each run
+/// stored like any `keel eval run`.
+struct Gate {
+    suites: Vec<PathBuf>,
+    /// What the change may alter (`None`: everything).
+    affected: Option<BTreeSet<String>>,
+    app: keel_server::AppState,
+    limits: keel_server::ServerLimits,
+    store: Option<Arc<dyn keel_store::Store>>,
+    /// `Some` when keys are required: the admin key the runs call keel with (`None` inside: it is not set).
+    key: Option<Option<String>>,
+    timeout: std::time::Duration,
+}
+
+impl Gate {
+    /// The gate failures, `suite (run ID): why`; empty when every concerned suite passed (or none is concerned).
+    async fn run(self) -> Result<Vec<String>, ReloadError> {
+        let failed = |m: String| ReloadError::Failed(format!("reload gate: {m}"));
+        let suites = self
+            .suites
+            .iter()
+            .map(|p| keel_eval::Suite::load(p).map_err(|e| failed(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let concerned = concerned(&suites, self.affected.as_ref());
+        if concerned.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| failed("it stores its runs in keel's store: set [log] enabled = true".into()))?;
+        let store = store as Arc<dyn keel_store::EvalStore>;
+        let key = match self.key.clone() {
+            Some(None) => {
+                return Err(failed("with [auth] on, it calls keel with the admin key, which is not set".into()));
+            }
+            Some(Some(k)) => Some(k),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| failed(format!("binding a loopback port: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| failed(e.to_string()))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let opts = keel_server::ConnOptions {
+            grace: std::time::Duration::from_secs(1),
+            header_read_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_connections: 256,
+            max_header_bytes: self.limits.max_header_bytes,
+            stats: Arc::new(keel_server::ConnStats::default()),
+        };
+        let router = keel_server::router(self.app.clone(), self.limits);
+        let server = tokio::spawn(keel_server::serve(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            opts,
+            || {},
+        ));
+        let runs = async {
+            let keel = keel_eval::Keel::new(&format!("http://{addr}"), key, std::time::Duration::from_secs(300))
+                .map_err(|e| failed(e.to_string()))?;
+            let mut failures = Vec::new();
+            for suite in concerned {
+                let finished = keel_eval::run::run(suite, &keel, store.clone(), None, &|_| {}, std::future::pending())
+                    .await
+                    .map_err(|e| failed(format!("{}: {e}", suite.name)))?;
+                let baseline = crate::eval::baseline(suite, &store, &finished.run.id)
+                    .await
+                    .map_err(|e| failed(format!("{}: {e:#}", suite.name)))?;
+                let found = keel_eval::gate_failures(&suite.gate, &finished.summary, baseline.as_ref());
+                tracing::info!(
+                    suite = %suite.name,
+                    run = %finished.run.id,
+                    pass_rate = finished.summary.pass_rate,
+                    passed = found.is_empty(),
+                    "reload gate suite"
+                );
+                failures.extend(found.into_iter().map(|f| format!("{} (run {}): {f}", suite.name, finished.run.id)));
+            }
+            Ok(failures)
+        };
+        let outcome = tokio::time::timeout(self.timeout, runs).await.unwrap_or_else(|_| {
+            Ok(vec![format!(
+                "the gate suites did not finish within {} s (reload.gate_timeout_s)",
+                self.timeout.as_secs()
+            )])
+        });
+        let _ = stop.send(());
+        let _ = server.await;
+        outcome
     }
 }
 

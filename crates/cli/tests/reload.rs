@@ -47,12 +47,17 @@ fn start(text: impl Fn(u16) -> String) -> Keel {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("keel-reload-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    start_on(port, &dir, &text(port))
+}
+
+/// Starts `keel serve` on `port` with the configuration `text` written to `dir/keel.toml` (its store in `dir`).
+fn start_on(port: u16, dir: &Path, text: &str) -> Keel {
     let file = dir.join("keel.toml");
-    std::fs::write(&file, text(port)).unwrap();
+    std::fs::write(&file, text).unwrap();
     let mut child = Command::new(KEEL)
         .args(["serve", "--config"])
         .arg(&file)
-        .env("KEEL_DATA_DIR", &dir)
+        .env("KEEL_DATA_DIR", dir)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -198,4 +203,74 @@ async fn a_stream_in_flight_finishes_on_the_version_it_started_on() {
     let next = chat(port, "x").await;
     assert_eq!(version_of(&next), v2);
     assert_eq!((a.attempt_count(), b.attempt_count()), (1, 1));
+}
+
+/// With `[reload] gate`, a change to what a suite runs is evaluated against the new version before it serves:
+/// a failing gate keeps the version in force serving, a change no suite concerns runs no suite, and a passing
+/// gate lets the change through.
+#[tokio::test]
+async fn a_change_that_fails_its_evaluation_gate_never_takes_traffic() {
+    let [a, b, c] = [
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    ];
+    a.set_default(Reply::text("Paris is the capital of France."));
+    b.set_default(Reply::text("Lyon, I think."));
+    c.set_default(Reply::text("Paris."));
+    let gated = |port: u16, x_on: &str, y_on: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[auth]\nopen_admin_on_loopback = true\n[reload]\ngate = [\"capital.toml\"]\n\
+             [providers.a]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n[providers.b]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n\
+             [providers.c]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n\
+             [models.x]\nprovider = \"{x_on}\"\n[models.y]\nprovider = \"{y_on}\"\n",
+            a.url(),
+            b.url(),
+            c.url()
+        )
+    };
+    // The suite sits beside the configuration file (gate paths are relative to it); `start` makes the directory.
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("keel-reload-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: String =
+        (0..3).map(|i| format!("{{\"id\": {i}, \"q\": \"What is the capital of France? ({i})\"}}\n")).collect();
+    std::fs::write(dir.join("capital.jsonl"), cases).unwrap();
+    std::fs::write(
+        dir.join("capital.toml"),
+        "name = \"capital\"\ndataset = \"capital.jsonl\"\nmodel = \"x\"\nprompt = \"{{ q }}\"\nconcurrency = 1\n\
+         [[checks]]\ntype = \"contains\"\nexpected = \"Paris\"\n[gate]\nmin_pass_rate = 1.0\n",
+    )
+    .unwrap();
+    let keel = start_on(port, &dir, &gated(port, "a", "a"));
+    let v1 = version_of(&chat(port, "x").await);
+    assert_eq!(a.attempt_count(), 1);
+
+    // x moves to b, which answers wrong: the suite runs against the new version (on b) and fails its gate.
+    write(&keel.file, &gated(port, "b", "a"));
+    let (status, body) = reload(port).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "eval_gate_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("capital (run "), "the failure names the suite and its stored run: {message}");
+    assert_eq!(b.attempt_count(), 3, "every case ran against the new version");
+    let served = chat(port, "x").await;
+    assert_eq!(version_of(&served), v1, "the version in force keeps serving");
+    assert_eq!((a.attempt_count(), b.attempt_count()), (2, 3));
+
+    // A change no suite runs (y) is not evaluated.
+    write(&keel.file, &gated(port, "a", "b"));
+    let (status, body) = reload(port).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reloaded"]["changed"], serde_json::json!(["models.y"]));
+    assert_eq!(b.attempt_count(), 3, "no suite ran");
+
+    // x moves to c, which answers right: the gate passes and c serves.
+    write(&keel.file, &gated(port, "c", "b"));
+    let (status, body) = reload(port).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.attempt_count(), 3, "the suite ran against the new version first");
+    let after = chat(port, "x").await;
+    assert_eq!(version_of(&after), body["reloaded"]["version"].as_str().unwrap());
+    assert_eq!(c.attempt_count(), 4);
 }

@@ -11,6 +11,7 @@ mod online;
 mod rag;
 mod raw;
 mod reliability;
+mod reload;
 mod resolve;
 mod router;
 mod template;
@@ -25,6 +26,7 @@ pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConf
 pub use online::OnlineEval;
 pub use rag::{ChunkSizes, DEFAULT_RAG_MODEL, MAX_GROUNDING_K, RagConfig, Retrieval, RetrievalMode};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};
+pub use reload::ReloadConfig;
 pub use resolve::{
     Config, DEFAULT_MAX_RESPONSE_BYTES, LocalSettings, LogFormat, ModelAlias, ModelTarget, ProviderConfig, ProviderId,
     ProviderKind, Secret, ServerConfig, TargetOrder, default_max_in_flight,

@@ -43,6 +43,9 @@ pub struct RawConfig {
     /// `[routers.NAME]`: model names that choose an alias per request (rules, cascades, learned).
     #[serde(default)]
     pub routers: BTreeMap<String, crate::router::RawRouter>,
+    /// `[reload]`: the suites that gate a reloaded configuration.
+    #[serde(default)]
+    pub reload: crate::reload::RawReload,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -30,6 +30,8 @@ pub struct Config {
     pub online_evals: BTreeMap<String, crate::online::OnlineEval>,
     /// Routers by the model name clients send.
     pub routers: BTreeMap<String, crate::router::Router>,
+    /// What a reloaded configuration must pass before it serves.
+    pub reload: crate::reload::ReloadConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,6 +394,7 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
         log.enabled && log.bodies == crate::BodyPolicy::Full,
         &mut errors,
     );
+    let reload = crate::reload::resolve_reload(&raw.reload, &mut errors);
     if errors.0.is_empty() {
         Ok(Config {
             server,
@@ -407,6 +410,7 @@ pub(crate) fn resolve(raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigErr
             templates,
             online_evals,
             routers,
+            reload,
         })
     } else {
         Err(ConfigErrors(errors.0))

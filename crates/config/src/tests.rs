@@ -92,7 +92,7 @@ fn unknown_keys_and_bad_types_are_rejected() {
     check_err(
         "[sever]\n",
         expect![
-            "sever: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache`, `rag`, `guard`, `templates`, `online_evals`, `routers` (at line 1, column 2)"
+            "sever: unknown field `sever`, expected one of `server`, `providers`, `models`, `reliability`, `store`, `log`, `auth`, `telemetry`, `prices`, `cache`, `rag`, `guard`, `templates`, `online_evals`, `routers`, `reload` (at line 1, column 2)"
         ],
     );
 }

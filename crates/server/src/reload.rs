@@ -60,6 +60,9 @@ pub enum ReloadError {
     /// The new file changes what only a restart can change (the listener, the store, the local models, …).
     #[error("these changes need a restart: {}", .0.join("; "))]
     NeedsRestart(Vec<String>),
+    /// An evaluation suite of `[reload] gate` failed against the new version: each failure, with its run.
+    #[error("the reload gate failed: {}", .0.join("; "))]
+    GateFailed(Vec<String>),
     /// Building the new version's parts failed (a model file, a router's weights, …).
     #[error("{0}")]
     Failed(String),
@@ -157,6 +160,7 @@ pub(crate) fn refusal(e: &ReloadError) -> ApiError {
         ReloadError::Unreadable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_unreadable"),
         ReloadError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_invalid"),
         ReloadError::NeedsRestart(_) => (StatusCode::CONFLICT, "restart_required"),
+        ReloadError::GateFailed(_) => (StatusCode::CONFLICT, "eval_gate_failed"),
         ReloadError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed"),
     };
     let kind = if status.is_server_error() { "api_error" } else { "invalid_request_error" };
