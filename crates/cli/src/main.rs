@@ -551,6 +551,15 @@ pub(crate) async fn serve_on(
             &[],
             a.settler.dropped().clone(),
         ));
+        for (i, action) in ["refused", "admitted"].into_iter().enumerate() {
+            let seen = a.counters_unavailable.clone();
+            sources.push(keel_server::Source::counter_fn(
+                "counters_unavailable",
+                "Keyed requests the budget and rate counters could not check (Redis unreachable), by what they got",
+                &[("action", action)],
+                move || seen[i].load(std::sync::atomic::Ordering::Relaxed),
+            ));
+        }
     }
     let online = online_evals(&cfg, &listener, store.clone())?;
     if let Some(o) = &online {
@@ -774,6 +783,8 @@ async fn auth(
         public: cfg.auth.public.clone(),
         default_output_tokens: cfg.auth.default_output_tokens,
         prices,
+        on_counters_error: cfg.auth.on_counters_error,
+        counters_unavailable: std::sync::Arc::default(),
     })
 }
 

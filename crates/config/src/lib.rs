@@ -22,7 +22,9 @@ use std::path::Path;
 pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRESHOLD};
 pub use diff::changed_sections;
 pub use guard::{DEFAULT_OUTPUT_ENTITIES, GuardAction, GuardPolicy};
-pub use log::{AuthConfig, BodyPolicy, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store};
+pub use log::{
+    AuthConfig, BodyPolicy, CountersError, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store,
+};
 pub use online::OnlineEval;
 pub use rag::{ChunkSizes, DEFAULT_RAG_MODEL, MAX_GROUNDING_K, RagConfig, Retrieval, RetrievalMode};
 pub use reliability::{CircuitPolicy, ErrorClass, ReliabilityPolicy, StreamFailure};

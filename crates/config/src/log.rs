@@ -94,6 +94,7 @@ pub struct RawAuth {
     pub redis: Option<String>,
     pub default_output_tokens: Option<u32>,
     pub open_admin_on_loopback: Option<bool>,
+    pub on_counters_error: Option<String>,
 }
 
 /// Virtual keys, budgets and rate limits.
@@ -112,6 +113,18 @@ pub struct AuthConfig {
     /// Whether `/admin/*` answers without the admin key when keel listens only on a loopback address (the
     /// operator's own machine). Without an admin key and without this, `/admin/*` is refused.
     pub open_admin_on_loopback: bool,
+    /// What a keyed request gets when the budget and rate counters cannot be reached (Redis down).
+    pub on_counters_error: CountersError,
+}
+
+/// When the budget and rate counters are unreachable: refuse keyed requests (503, budgets stay exact), or
+/// admit them unmetered (served, logged with their cost, counted; budgets may be overspent meanwhile, and the
+/// logged spend counts again once the counters are back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CountersError {
+    #[default]
+    Refuse,
+    Admit,
 }
 
 pub(crate) fn resolve_store(raw: RawStore, env: &dyn crate::Env, errors: &mut Errors) -> String {
@@ -156,6 +169,14 @@ pub(crate) fn resolve_auth(raw: RawAuth, env: &dyn crate::Env, errors: &mut Erro
         redis,
         default_output_tokens: raw.default_output_tokens.unwrap_or(4096).max(1),
         open_admin_on_loopback: raw.open_admin_on_loopback.unwrap_or(false),
+        on_counters_error: match raw.on_counters_error.as_deref() {
+            None | Some("refuse") => CountersError::Refuse,
+            Some("admit") => CountersError::Admit,
+            Some(other) => {
+                errors.push("auth.on_counters_error", format!("expected \"refuse\" or \"admit\", got {other:?}"));
+                CountersError::Refuse
+            }
+        },
     }
 }
 

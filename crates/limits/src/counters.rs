@@ -285,8 +285,11 @@ pub struct RedisCounters {
 }
 
 /// KEYS: budget hashes (fields spent, reserved), then the rate hash (fields n, tokens).
-/// ARGV: estimate, rpm (0: none), tpm (0: none), rate ttl, then per budget: limit, seed, ttl.
-/// Returns {1} admitted, {0, "rpm"|"tpm"} or {0, "budget", index, spent}.
+/// ARGV: estimate, rpm (0: none), tpm (0: none), rate ttl, then per budget: limit, seed (-1: not read; a
+/// missing window is then reported instead of created), ttl.
+/// Returns {1} admitted, {0, "rpm"|"tpm"}, {0, "budget", index, spent}, or {2, "seed"}: a window is missing
+/// and no seed was given (Redis lost it: restarted, flushed, failed over), so the caller reads the log's spend
+/// and asks again.
 const ADMIT: &str = r#"
 local est = tonumber(ARGV[1])
 local rpm = tonumber(ARGV[2])
@@ -294,10 +297,14 @@ local tpm = tonumber(ARGV[3])
 local nb = #KEYS - 1
 local rate = KEYS[#KEYS]
 for i = 1, nb do
+  local base = 4 + (i - 1) * 3
+  if tonumber(ARGV[base + 2]) < 0 and redis.call('EXISTS', KEYS[i]) == 0 then return {2, 'seed'} end
+end
+for i = 1, nb do
   local k = KEYS[i]
   local base = 4 + (i - 1) * 3
-  if redis.call('HSETNX', k, 'spent', ARGV[base + 2]) == 1 then
-    redis.call('HSET', k, 'reserved', 0)
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('HSET', k, 'spent', ARGV[base + 2], 'reserved', 0)
     redis.call('EXPIRE', k, tonumber(ARGV[base + 3]))
   end
 end
@@ -332,6 +339,17 @@ if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[#KEYS]) == 1 then
 end
 return 1
 "#;
+
+/// The most time one Redis call may take: past it the counters count as unreachable (a request does not hang
+/// on a partitioned Redis; what it gets then is `[auth] on_counters_error`).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, LimitsError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(LimitsError::Timeout(REDIS_TIMEOUT)),
+    }
+}
 
 impl RedisCounters {
     pub async fn connect(url: &str, store: Arc<dyn LogStore>) -> Result<Self, LimitsError> {
@@ -372,29 +390,41 @@ impl Counters for RedisCounters {
             let p = Periods::at(now_ms);
             let wins = windows(key, &p);
             let estimate = to_nano(estimate_usd);
-            let mut inv = self.admit.prepare_invoke();
-            let mut args: Vec<i64> = vec![
-                estimate,
-                key.rpm.map_or(0, i64::from),
-                key.tpm.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
-                120,
-            ];
-            for w in &wins {
-                let rkey = self.budget_key(&key.id, &w.id);
-                // The log's sum seeds a window Redis does not hold yet (first use, or Redis restarted); reading
-                // it costs a query, so only until this process has seen the window exist.
-                let known = self.seeded.lock().map(|s| s.contains(&rkey)).unwrap_or(false);
-                let seed = if known { 0 } else { to_nano(self.store.spend_since(&key.id, w.start_ms).await?) };
-                let ttl = (w.end_ms - now_ms) / 1000 + 86_400;
-                inv.key(rkey);
-                args.extend([w.limit_nano, seed, ttl]);
-            }
-            inv.key(self.rate_key(&key.id, p.minute));
-            for a in &args {
-                inv.arg(*a);
-            }
-            let mut conn = self.conn.clone();
-            let out: Vec<redis::Value> = inv.invoke_async(&mut conn).await?;
+            // At most twice: the second time with every window's seed read from the log, after Redis said it
+            // had lost a window this process thought it held.
+            let mut reseed = false;
+            let out = loop {
+                let mut inv = self.admit.prepare_invoke();
+                let mut args: Vec<i64> = vec![
+                    estimate,
+                    key.rpm.map_or(0, i64::from),
+                    key.tpm.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+                    120,
+                ];
+                for w in &wins {
+                    let rkey = self.budget_key(&key.id, &w.id);
+                    // The log's sum seeds a window Redis does not hold yet (first use, or Redis lost it); reading
+                    // it costs a query, so only until this process has seen the window exist, and again when the
+                    // script says it is gone.
+                    let known = !reseed && self.seeded.lock().map(|s| s.contains(&rkey)).unwrap_or(false);
+                    let seed = if known { -1 } else { to_nano(self.store.spend_since(&key.id, w.start_ms).await?) };
+                    let ttl = (w.end_ms - now_ms) / 1000 + 86_400;
+                    inv.key(rkey);
+                    args.extend([w.limit_nano, seed, ttl]);
+                }
+                inv.key(self.rate_key(&key.id, p.minute));
+                for a in &args {
+                    inv.arg(*a);
+                }
+                let mut conn = self.conn.clone();
+                let out: Vec<redis::Value> = within(inv.invoke_async(&mut conn)).await?;
+                if matches!(out.first(), Some(redis::Value::Int(2))) && !reseed {
+                    tracing::warn!(key = %key.id, "budget windows missing from Redis: seeding them again from the log");
+                    reseed = true;
+                    continue;
+                }
+                break out;
+            };
             if let Ok(mut s) = self.seeded.lock() {
                 for w in &wins {
                     s.insert(self.budget_key(&key.id, &w.id));
@@ -436,7 +466,7 @@ impl Counters for RedisCounters {
             let counted = if r.counts_tokens { i64::try_from(tokens).unwrap_or(i64::MAX) } else { 0 };
             inv.arg(r.estimate_nano).arg(to_nano(cost_usd)).arg(counted);
             let mut conn = self.conn.clone();
-            let _: i64 = inv.invoke_async(&mut conn).await?;
+            let _: i64 = within(inv.invoke_async(&mut conn)).await?;
             Ok(())
         })
     }
@@ -446,11 +476,10 @@ impl Counters for RedisCounters {
             let p = Periods::at(now_ms);
             let mut conn = self.conn.clone();
             let mut get = async |window: &str, start_ms: i64| -> Result<f64, LimitsError> {
-                let v: Option<i64> = redis::cmd("HGET")
-                    .arg(self.budget_key(&key.id, window))
-                    .arg("spent")
-                    .query_async(&mut conn)
-                    .await?;
+                let v: Option<i64> = within(
+                    redis::cmd("HGET").arg(self.budget_key(&key.id, window)).arg("spent").query_async(&mut conn),
+                )
+                .await?;
                 match v {
                     Some(n) => Ok(crate::from_nano(n)),
                     None => Ok(self.store.spend_since(&key.id, start_ms).await?),

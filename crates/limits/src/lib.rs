@@ -20,6 +20,8 @@ pub enum LimitsError {
     Store(#[from] keel_store::StoreError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// A thread panicked while holding the in-process counters (a bug); they can no longer be trusted.
     #[error("the in-process budget counters are unusable after an internal error")]
     Poisoned,

@@ -103,6 +103,67 @@ async fn redis_budget_is_exact_for_64_clients_on_two_instances() {
     assert_eq!(da, db);
 }
 
+/// A logged row of `cost` spent by key `key_id` now.
+fn spent_row(id: &str, key_id: &str, cost: f64) -> keel_store::Record {
+    keel_store::Record {
+        id: id.into(),
+        client_request_id: None,
+        ts_ms: keel_store::now_ms(),
+        key_id: Some(key_id.into()),
+        tenant: None,
+        api: "openai".into(),
+        endpoint: "chat".into(),
+        model_requested: None,
+        model_served: None,
+        status: 200,
+        outcome: keel_store::Outcome::Ok,
+        error_class: None,
+        stream: false,
+        attempts: Vec::new(),
+        ttft_ms: None,
+        latency_ms: 1.0,
+        tokens_in: None,
+        tokens_out: None,
+        tokens_cached: None,
+        cost_usd: Some(cost),
+        cache: None,
+        request_body: None,
+        response_body: None,
+        metadata: serde_json::json!({}),
+        template: None,
+        template_version: None,
+        routing: None,
+    }
+}
+
+/// Redis loses a window this process had seen (a restart without persistence, a flush, a failover): the next
+/// admission seeds it again from the log's spend, never from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_redis_lost_is_seeded_again_from_the_log() {
+    let prefix = format!("keel-test-reseed-{}-{}", std::process::id(), keel_store::now_ms());
+    let store = store().await;
+    store.insert(&[spent_row("before", "k-lost", 0.20)]).await.unwrap();
+    let c = RedisCounters::connect_with_prefix("redis://127.0.0.1:6379", store.clone(), &prefix).await.unwrap();
+    let k = key("k-lost", Some(0.25), None);
+    let Admission::Admitted(r) = c.admit(&k, ESTIMATE, keel_store::now_ms()).await.unwrap() else {
+        panic!("$0.20 spent + $0.03 fits in $0.25")
+    };
+    c.settle(&r, ESTIMATE, 10).await.unwrap();
+    store.insert(&[spent_row("settled", "k-lost", ESTIMATE)]).await.unwrap();
+    // Redis loses every counter of the prefix.
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+    assert!(!keys.is_empty());
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    match c.admit(&k, ESTIMATE, keel_store::now_ms()).await.unwrap() {
+        Admission::Denied { limit, .. } => assert_eq!(limit, keel_limits::Limit::DailyBudget),
+        Admission::Admitted(_) => panic!("$0.23 logged + $0.03 exceeds $0.25: the lost window restarted at zero"),
+    }
+    let (day, _) = c.spent(&k, keel_store::now_ms()).await.unwrap();
+    assert!((day - 0.23).abs() < 1e-6, "{day}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_already_in_the_log_counts_against_the_budget() {
     let store = store().await;

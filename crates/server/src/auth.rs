@@ -27,6 +27,10 @@ pub struct Auth {
     pub public: Vec<String>,
     pub default_output_tokens: u32,
     pub prices: SharedPrices,
+    /// What a keyed request gets when the counters cannot be reached.
+    pub on_counters_error: keel_config::CountersError,
+    /// Keyed requests the unreachable counters could not check, by what they got: `[refused, admitted]`.
+    pub counters_unavailable: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 pub(crate) fn error(status: StatusCode, kind: &'static str, code: &str, message: impl Into<String>) -> ApiError {

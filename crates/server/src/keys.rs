@@ -111,7 +111,9 @@ where
             async move {
                 match admit(&auth, &key, &req.ctx, &mut req.op).await {
                     Ok(reservation) => {
-                        req.ctx.settlement.set(Box::new(Reserved { reservation, settler: auth.settler.clone() }));
+                        if let Some(reservation) = reservation {
+                            req.ctx.settlement.set(Box::new(Reserved { reservation, settler: auth.settler.clone() }));
+                        }
                         inner.call(req).await
                     }
                     Err(denial) => Ok(GatewayResponse { ctx: req.ctx, result: Err(GatewayError::from(denial)) }),
@@ -132,7 +134,7 @@ async fn admit(
     key: &keel_store::KeyRecord,
     ctx: &RequestContext,
     op: &mut Operation,
-) -> Result<Reservation, Denial> {
+) -> Result<Option<Reservation>, Denial> {
     let budgeted = key.budget_daily_usd.is_some() || key.budget_monthly_usd.is_some();
     let output = match op {
         Operation::Chat(chat) => {
@@ -167,14 +169,23 @@ async fn admit(
         }
     }
     match decision {
-        Ok(Admission::Admitted(reservation)) => Ok(reservation),
+        Ok(Admission::Admitted(reservation)) => Ok(Some(reservation)),
         Ok(Admission::Denied { limit, reason, retry_after }) if limit.is_budget() => {
             Err(Denial::BudgetExceeded { reason, retry_after })
         }
         Ok(Admission::Denied { reason, retry_after, .. }) => Err(Denial::RateLimited { reason, retry_after }),
         Err(e) => {
-            tracing::error!(error = %e, "budget and rate counters unavailable");
-            Err(Denial::LimitsUnavailable)
+            let admit = auth.on_counters_error == keel_config::CountersError::Admit;
+            auth.counters_unavailable[usize::from(admit)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if admit {
+                // Served unmetered: nothing is reserved or settled; the row's cost is logged, so the spend counts
+                // again when the counters seed from the log.
+                tracing::warn!(error = %e, key = %key.id, "budget and rate counters unavailable: admitted unmetered");
+                Ok(None)
+            } else {
+                tracing::error!(error = %e, "budget and rate counters unavailable");
+                Err(Denial::LimitsUnavailable)
+            }
         }
     }
 }
