@@ -62,6 +62,8 @@ fn config(url: &str) -> keel_config::Config {
         kind = "anthropic"
         base_url = "{url}"
         api_key_env = "KEY"
+        [providers.loc]
+        kind = "local"
         [rag]
         model = "emb"
         [guard]
@@ -82,6 +84,9 @@ fn config(url: &str) -> keel_config::Config {
         provider = "an"
         model = "up-claude"
         guard = {{ injection = "block" }}
+        [models.onlocal]
+        provider = "loc"
+        model = "smol"
         [models.grounded]
         provider = "oa"
         model = "up-gpt"
@@ -99,7 +104,16 @@ fn config(url: &str) -> keel_config::Config {
 
 async fn keel(mock: &MockUpstream, dir: &std::path::Path) -> Router {
     let cfg = config(&mock.url());
-    let providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
+    let mut providers = keel_providers::Providers::from_config(cfg.providers.values()).unwrap();
+    // The in-process model's stand-in: the mock, under the local provider's id (its policy is the local one).
+    let local = cfg.providers.values().find(|p| &*p.id.0 == "loc").unwrap();
+    let stand_in = keel_config::ProviderConfig {
+        kind: keel_config::ProviderKind::OpenAi,
+        base_url: format!("{}/v1", mock.url()),
+        ..local.clone()
+    };
+    let stand_in = keel_providers::Providers::from_config([&stand_in]).unwrap().get(&local.id).unwrap().clone();
+    providers = providers.with(stand_in);
     let routes = keel_pipeline::RouteTable::new(cfg.models.values()).unwrap();
     let breakers = keel_pipeline::Breakers::new(routes.all_targets());
     let chunker = Chunker::new(20, 60, 5, Arc::new(ApproxTokens)).unwrap();
@@ -352,4 +366,22 @@ async fn a_grounded_answer_quoting_its_passage_is_not_a_system_prompt_leak() {
     assert_eq!(a.json()["sources"][0]["source"], "lima.txt");
     assert_eq!(a.json()["choices"][0]["message"]["content"], quote);
     assert!(!a.guard.unwrap_or_default().contains("output="), "no output verdict");
+}
+
+/// Personal data may reach the in-process model (it never leaves the machine) but never a third party: the
+/// same prompt goes to the local alias as written and to the external one as placeholders.
+#[tokio::test]
+async fn personal_data_reaches_the_local_model_as_written_and_a_third_party_as_placeholders() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = keel(&mock, dir.path()).await;
+    let local = post(&app, "/v1/chat/completions", chat("onlocal", ASK)).await;
+    assert_eq!(local.status, StatusCode::OK, "{}", local.body);
+    let sent = last_upstream(&mock).to_string();
+    assert!(sent.contains("jane.doe@example.com") && sent.contains("4111 1111"), "{sent}");
+    assert!(!local.guard.unwrap_or_default().contains("pii="), "no personal-data verdict on the local route");
+    let external = post(&app, "/v1/chat/completions", chat("gpt", ASK)).await;
+    assert_eq!(external.status, StatusCode::OK, "{}", external.body);
+    let sent = last_upstream(&mock).to_string();
+    assert!(!sent.contains("jane.doe@example.com") && sent.contains("[EMAIL_ADDRESS_1]"), "{sent}");
 }
