@@ -102,10 +102,8 @@ pub(crate) fn build(
     let limit_of = |alias: &str| cfg.models.get(alias).and_then(|m| m.max_in_flight);
     let default_in_flight = (server.max_in_flight * 3 / 4).max(1);
     let (queue, wait) = (server.admission_queue, server.admission_queue_timeout);
-    let route_limits = match base.route_limits {
-        Some(old) => old.carry(&routes, limit_of, default_in_flight, queue, wait),
-        None => RouteLimits::new(&routes, limit_of, default_in_flight, queue, wait),
-    };
+    let route_limits =
+        base.route_limits.cloned().unwrap_or_default().carry(&routes, limit_of, default_in_flight, queue, wait);
     let templates = Arc::new(keel_pipeline::Templates::new(&cfg.templates)?);
     let app = keel_server::AppState::from_parts(keel_server::Parts {
         collections: shared.collections.clone(),

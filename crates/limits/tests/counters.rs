@@ -167,37 +167,8 @@ async fn a_window_redis_lost_is_seeded_again_from_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_already_in_the_log_counts_against_the_budget() {
     let store = store().await;
-    let mut row = keel_store::Record {
-        id: "old".into(),
-        client_request_id: None,
-        ts_ms: keel_store::now_ms(),
-        key_id: Some("k-seeded".into()),
-        tenant: None,
-        api: "openai".into(),
-        endpoint: "chat".into(),
-        model_requested: None,
-        model_served: None,
-        status: 200,
-        outcome: keel_store::Outcome::Ok,
-        error_class: None,
-        stream: false,
-        attempts: Vec::new(),
-        ttft_ms: None,
-        latency_ms: 1.0,
-        tokens_in: None,
-        tokens_out: None,
-        tokens_cached: None,
-        cost_usd: Some(0.99),
-        cache: None,
-        request_body: None,
-        response_body: None,
-        metadata: serde_json::json!({}),
-        template: None,
-        template_version: None,
-        routing: None,
-    };
+    let row = spent_row("old", "k-seeded", 0.99);
     store.insert(std::slice::from_ref(&row)).await.unwrap();
-    row.id = "old2".into();
     let c = LocalCounters::new(store);
     match c.admit(&key("k-seeded", Some(1.0), None), ESTIMATE, keel_store::now_ms()).await.unwrap() {
         Admission::Denied { limit, reason, .. } => {

@@ -144,15 +144,7 @@ impl RouteLimits {
         queue: usize,
         wait: Duration,
     ) -> Self {
-        let by_alias = routes
-            .plan_names()
-            .into_iter()
-            .map(|alias| {
-                let n = limit_of(&alias).unwrap_or(default_in_flight);
-                (alias, Arc::new(Limiter::new(n, queue, wait)))
-            })
-            .collect();
-        Self { by_alias: Arc::new(by_alias) }
+        Self::default().carry(routes, limit_of, default_in_flight, queue, wait)
     }
 
     pub fn get(&self, alias: &str) -> Option<&Arc<Limiter>> {
