@@ -774,8 +774,22 @@ async fn auth(
     if cfg.auth.enabled {
         tracing::info!(shared = cfg.auth.redis.is_some(), "virtual keys required on API routes");
     }
+    let keys = keel_limits::Keys::new(store, cfg.auth.key_cache_ttl);
+    // With a shared Redis, a key revoked on one instance leaves every instance's cache at once.
+    let keys = match &cfg.auth.redis {
+        Some(url) => {
+            let revocations = keel_limits::Revocations::connect(url, "keel")
+                .await
+                .with_context(|| format!("connecting to Redis at {}", logs::display_url(url)))?;
+            let listener = revocations.listener();
+            let keys = std::sync::Arc::new(keys.with_revocations(revocations));
+            listener.spawn(std::sync::Arc::downgrade(&keys));
+            keys
+        }
+        None => std::sync::Arc::new(keys),
+    };
     Ok(keel_server::Auth {
-        keys: std::sync::Arc::new(keel_limits::Keys::new(store, std::time::Duration::from_secs(5))),
+        keys,
         settler: keel_server::Settler::spawn(counters.clone()),
         counters,
         enabled: cfg.auth.enabled,

@@ -95,6 +95,7 @@ pub struct RawAuth {
     pub default_output_tokens: Option<u32>,
     pub open_admin_on_loopback: Option<bool>,
     pub on_counters_error: Option<String>,
+    pub key_cache_ttl_ms: Option<u64>,
 }
 
 /// Virtual keys, budgets and rate limits.
@@ -115,6 +116,9 @@ pub struct AuthConfig {
     pub open_admin_on_loopback: bool,
     /// What a keyed request gets when the budget and rate counters cannot be reached (Redis down).
     pub on_counters_error: CountersError,
+    /// How long a verified key is trusted without reading the store again: the bound on how long another
+    /// instance accepts a revoked key when revocations cannot reach it through Redis.
+    pub key_cache_ttl: std::time::Duration,
 }
 
 /// When the budget and rate counters are unreachable: refuse keyed requests (503, budgets stay exact), or
@@ -169,6 +173,7 @@ pub(crate) fn resolve_auth(raw: RawAuth, env: &dyn crate::Env, errors: &mut Erro
         redis,
         default_output_tokens: raw.default_output_tokens.unwrap_or(4096).max(1),
         open_admin_on_loopback: raw.open_admin_on_loopback.unwrap_or(false),
+        key_cache_ttl: std::time::Duration::from_millis(raw.key_cache_ttl_ms.unwrap_or(5_000)),
         on_counters_error: match raw.on_counters_error.as_deref() {
             None | Some("refuse") => CountersError::Refuse,
             Some("admit") => CountersError::Admit,

@@ -89,6 +89,11 @@ pub struct Keys {
     /// Hashes of secrets no key has, and when that was learned. A key created through this process is known
     /// at once (its secret is new); created elsewhere, within `ttl`.
     unknown: Mutex<HashMap<String, Instant>>,
+    /// Counts the forgettings: a verification that read the store before one does not cache what it read
+    /// (the key may have been revoked in between).
+    generation: std::sync::atomic::AtomicU64,
+    /// Where revocations are published for the other instances.
+    revocations: Option<crate::Revocations>,
 }
 
 /// Inserts into a bounded cache: expired entries make room first, then everything.
@@ -104,7 +109,40 @@ fn bounded_insert<V>(cache: &mut HashMap<String, V>, key: String, value: V, expi
 
 impl Keys {
     pub fn new(store: Arc<dyn KeyStore>, ttl: Duration) -> Self {
-        Self { store, ttl, cache: Mutex::new(HashMap::new()), unknown: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            revocations: None,
+        }
+    }
+
+    /// Publishes this process's revocations to the other instances (which listen with
+    /// [`crate::Revocations::listen`]).
+    pub fn with_revocations(mut self, revocations: crate::Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// Drops key `id` from the cache: its next request reads the store.
+    pub fn forget(&self, id: &str) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, (k, _)| k.id != id);
+        }
+    }
+
+    /// Drops every cached key and every remembered unknown secret.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+        if let Ok(mut unknown) = self.unknown.lock() {
+            unknown.clear();
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn KeyStore> {
@@ -133,11 +171,17 @@ impl Keys {
         Ok((key, secret))
     }
 
-    /// Revokes a key; this process refuses it from now on.
+    /// Revokes a key; this process refuses it from now on, and so does every instance listening for
+    /// revocations (the others within the cache's time to live).
     pub async fn revoke(&self, id: &str) -> Result<bool, LimitsError> {
         let done = self.store.revoke_key(id, keel_store::now_ms()).await?;
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|_, (k, _)| k.id != id);
+        self.forget(id);
+        if done && let Some(r) = &self.revocations {
+            // The store has the revocation: an instance that misses the message refuses the key when its
+            // cached entry expires.
+            if let Err(e) = r.publish(id).await {
+                tracing::warn!(error = %e, key = id, "revocation not published; other instances refuse the key within the cache's lifetime");
+            }
         }
         Ok(done)
     }
@@ -157,6 +201,7 @@ impl Keys {
             return Ok(None);
         }
         let ttl = self.ttl;
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let Some(key) = self.store.key_by_hash(&hash).await? else {
             if let Ok(mut unknown) = self.unknown.lock() {
                 bounded_insert(&mut unknown, hash, Instant::now(), |at| at.elapsed() >= ttl);
@@ -164,7 +209,9 @@ impl Keys {
             return Ok(None);
         };
         let key = Arc::new(key);
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Ok(mut cache) = self.cache.lock()
+            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+        {
             bounded_insert(&mut cache, hash, (key.clone(), Instant::now()), |(_, at)| at.elapsed() >= ttl);
         }
         Ok(Some(key).filter(|k| k.revoked_ms.is_none()))

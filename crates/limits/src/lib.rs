@@ -9,10 +9,12 @@
 mod counters;
 mod keys;
 mod period;
+mod revoke;
 
 pub use counters::{Admission, Counters, Limit, LocalCounters, RedisCounters, Reservation};
 pub use keys::{Keys, NewKey, generate_secret, hash_secret};
 pub use period::Periods;
+pub use revoke::{Listener, Revocations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitsError {

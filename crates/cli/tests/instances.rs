@@ -1,0 +1,112 @@
+//! Several `keel serve` instances on one store and one Redis: what one instance does, the others see.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_testkit::MockUpstream;
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+const ADMIN: &str = "admin-for-instances";
+
+struct Instance {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts an instance on a free port, sharing `dir`'s store and the machine's Redis with the others.
+fn instance(dir: &Path, mock: &MockUpstream, extra_auth: &str) -> Instance {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let file = dir.join(format!("keel-{port}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}/keel.db\"\n\
+             [auth]\nenabled = true\nredis = \"redis://127.0.0.1:6379\"\n{extra_auth}\n\
+             [providers.m]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n[models.x]\nprovider = \"m\"\n",
+            dir.display(),
+            mock.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(KEEL)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("KEEL_DATA_DIR", dir)
+        .env("KEEL_ADMIN_KEY", ADMIN)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("keel exited before listening").unwrap();
+        if line.contains("keel listening") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Instance { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+async fn chat(url: &str, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A key revoked through one instance is refused by another at once, although that one trusts a verified key
+/// for ten minutes: the revocation reaches it through Redis, not through its cache expiring.
+#[tokio::test]
+async fn a_key_revoked_on_one_instance_is_refused_by_another_within_moments() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keel-instances-{}-{}", std::process::id(), keel_store::now_ms()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ttl = "key_cache_ttl_ms = 600000";
+    let a = instance(&dir, &mock, ttl);
+    let b = instance(&dir, &mock, ttl);
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{}/admin/keys", a.url))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "shared"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, key) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    assert_eq!(chat(&b.url, key).await, 200, "b verifies the key and caches it");
+    assert_eq!(chat(&a.url, key).await, 200);
+    let revoked = http.delete(format!("{}/admin/keys/{id}", a.url)).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(chat(&a.url, key).await, 401, "the revoking instance refuses it at once");
+    // Ten minutes of cache on b: only the published revocation can make it refuse the key within 30 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chat(&b.url, key).await == 200 {
+        assert!(std::time::Instant::now() < deadline, "b still accepts the revoked key after 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(chat(&b.url, key).await, 401);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
