@@ -12,6 +12,7 @@
 //! provider.
 
 pub mod answer;
+pub mod channel;
 pub mod contrast;
 pub mod exact;
 pub mod guards;
@@ -19,6 +20,7 @@ pub mod key;
 pub mod semantic;
 
 pub use answer::{Assembler, CachedAnswer, replay, storable};
+pub use channel::Channel;
 pub use exact::{ExactBackend, MemoryBackend, RedisBackend};
 pub use key::{Key, Scope};
 pub use semantic::{Lookup, SemanticIndex, Turn};

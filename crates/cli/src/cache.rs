@@ -86,8 +86,37 @@ async fn semantic(
             }
         });
     }
-    tracing::info!(model, dims, "semantic cache on");
-    Ok(Some(Semantic { index, embedder, store }))
+    // With a Redis (the exact cache's, else the counters'), entries are shared with the other instances as they
+    // are written.
+    let redis = match &cfg.cache.backend {
+        CacheBackend::Redis { url } => Some(url.clone()),
+        CacheBackend::Memory { .. } => cfg.auth.redis.clone(),
+    };
+    let channel = match redis {
+        Some(url) => match keel_cache::Channel::connect(&url, "keel").await {
+            Ok(channel) => {
+                let weak = Arc::downgrade(&index);
+                channel.listen(move |row| {
+                    let Some(index) = weak.upgrade() else { return false };
+                    // Inserting may build a scope's graph: CPU work, on the blocking pool.
+                    tokio::task::spawn_blocking(move || {
+                        if !keel_pipeline::insert_row(&index, &row) {
+                            tracing::warn!(id = row.id, "a semantic cache entry of another instance was not added");
+                        }
+                    });
+                    true
+                });
+                Some(channel)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "semantic cache entries are not shared as written (loaded at start only)");
+                None
+            }
+        },
+        None => None,
+    };
+    tracing::info!(model, dims, shared = channel.is_some(), "semantic cache on");
+    Ok(Some(Semantic { index, embedder, store, channel }))
 }
 
 /// What `keel cache warm` did.

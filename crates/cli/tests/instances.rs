@@ -25,7 +25,7 @@ impl Drop for Instance {
 }
 
 /// Starts an instance on a free port, sharing `dir`'s store and the machine's Redis with the others.
-fn instance(dir: &Path, mock: &MockUpstream, extra_auth: &str) -> Instance {
+fn instance(dir: &Path, mock: &MockUpstream, extra_auth: &str, extra: &str) -> Instance {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -36,7 +36,7 @@ fn instance(dir: &Path, mock: &MockUpstream, extra_auth: &str) -> Instance {
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = \"sqlite://{}/keel.db\"\n\
              [auth]\nenabled = true\nredis = \"redis://127.0.0.1:6379\"\n{extra_auth}\n\
-             [providers.m]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n[models.x]\nprovider = \"m\"\n",
+             [providers.m]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n[models.x]\nprovider = \"m\"\n{extra}\n",
             dir.display(),
             mock.url()
         ),
@@ -81,8 +81,8 @@ async fn a_key_revoked_on_one_instance_is_refused_by_another_within_moments() {
     let dir = std::env::temp_dir().join(format!("keel-instances-{}-{}", std::process::id(), keel_store::now_ms()));
     std::fs::create_dir_all(&dir).unwrap();
     let ttl = "key_cache_ttl_ms = 600000";
-    let a = instance(&dir, &mock, ttl);
-    let b = instance(&dir, &mock, ttl);
+    let a = instance(&dir, &mock, ttl, "");
+    let b = instance(&dir, &mock, ttl, "");
     let http = reqwest::Client::new();
     let created: serde_json::Value = http
         .post(format!("{}/admin/keys", a.url))
@@ -107,6 +107,52 @@ async fn a_key_revoked_on_one_instance_is_refused_by_another_within_moments() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(chat(&b.url, key).await, 401);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An answer cached on one instance is a semantic hit on another as soon as it is written: the entry reaches
+/// the other instance's index through Redis (without it, only at that instance's next start).
+// Multi-threaded: the mock answers the instances' start-up embedding while this thread waits for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semantic_cache_entry_written_on_one_instance_is_found_by_another() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keel-semantic-{}-{}", std::process::id(), keel_store::now_ms()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let semantic = "cache = { mode = \"read-write\", semantic = true, threshold = 0.9 }\n\
+                    [models.emb]\nprovider = \"m\"\nmodel = \"up-emb\"\n[cache.semantic]\nmodel = \"emb\"\n";
+    let a = instance(&dir, &mock, "", semantic);
+    let b = instance(&dir, &mock, "", semantic);
+    // A question no other run of this test asked (the channel is shared by every keel on this Redis).
+    let question = format!("Which river flows through the city numbered {}?", keel_store::now_ms());
+    let ask = |url: String, read_only: bool| {
+        let question = question.clone();
+        async move {
+            let mut req = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({"model": "x", "messages": [{"role": "user", "content": question}]}));
+            if read_only {
+                req = req.header("x-keel-cache", "read");
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.headers().get("x-keel-cache").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+        }
+    };
+    assert_eq!(ask(b.url.clone(), true).await, "miss", "nothing is cached yet");
+    assert_eq!(ask(a.url.clone(), false).await, "miss");
+    // b only reads (a miss of its own would store its own answer): the entry a wrote must reach it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcome = ask(b.url.clone(), true).await;
+        if outcome == "semantic_hit" {
+            break;
+        }
+        assert_eq!(outcome, "miss");
+        assert!(std::time::Instant::now() < deadline, "a's entry did not reach b within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }

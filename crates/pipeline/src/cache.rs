@@ -64,6 +64,8 @@ pub struct Semantic {
     pub embedder: Embedder,
     /// Where entries persist, so the index survives restarts.
     pub store: Option<Arc<dyn keel_store::CacheStore>>,
+    /// Where entries are published to the other instances as they are written.
+    pub channel: Option<keel_cache::Channel>,
 }
 
 /// Embeds text through the configured embeddings model's first target.
@@ -228,7 +230,13 @@ impl Store {
                 return;
             }
         };
-        let (Some(store), Some(row)) = (sem.store, row) else { return };
+        let Some(row) = row else { return };
+        if let Some(channel) = &sem.channel
+            && let Err(e) = channel.publish(&row).await
+        {
+            tracing::warn!(error = %e, "publishing a semantic cache entry failed (other instances load it at start)");
+        }
+        let Some(store) = sem.store else { return };
         if let Err(e) = store.cache_put(&row).await {
             tracing::warn!(error = %e, "persisting a semantic cache entry failed");
         }
@@ -433,7 +441,8 @@ impl Writer {
             (Some(sem), Some(q)) => {
                 let expires_ms = now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
                 let id = rand::random::<u64>() >> 1;
-                let row = sem.store.as_ref().map(|_| row_of(id, &q, now, expires_ms, &answer));
+                let row =
+                    (sem.store.is_some() || sem.channel.is_some()).then(|| row_of(id, &q, now, expires_ms, &answer));
                 let entry = Entry { id, scope: q.scope, turns: q.turns, expires_ms, answer: answer.clone() };
                 Some((sem, entry, row))
             }
@@ -492,6 +501,17 @@ pub async fn load_semantic(
         let _ = store.cache_delete(&bad).await;
     }
     Ok(loaded)
+}
+
+/// Adds an entry another instance stored (published on the cache's channel) to `index`; CPU work, for the
+/// blocking pool. `false` when the row cannot be read (another embeddings model's size).
+pub fn insert_row(index: &SemanticIndex, row: &keel_store::SemanticRow) -> bool {
+    let Some(entry) = entry_of(row, index.dims()) else { return false };
+    let inserted = index.insert_deferred(entry).and_then(|(_, build)| match build {
+        Some(build) => index.install(build.build()?),
+        None => Ok(()),
+    });
+    inserted.is_ok()
 }
 
 fn entry_of(row: &keel_store::SemanticRow, dims: usize) -> Option<Entry> {

@@ -23,7 +23,7 @@ pub mod template;
 
 pub use admission::{Limiter, RouteLimitLayer, RouteLimits};
 pub use cache::{
-    CacheLayer, CacheOutcome, CacheParts, CacheStats, EmbedError, Embedder, Saved, Semantic, load_semantic,
+    CacheLayer, CacheOutcome, CacheParts, CacheStats, EmbedError, Embedder, Saved, Semantic, insert_row, load_semantic,
 };
 pub use call::{Breakers, Call, CircuitState, InvalidSchema, Schema};
 pub use context::{

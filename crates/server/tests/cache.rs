@@ -76,7 +76,7 @@ async fn keel(
     if let Some(store) = &store {
         keel_pipeline::load_semantic(&index, store).await.unwrap();
     }
-    let semantic = Some(keel_pipeline::Semantic { index, embedder, store });
+    let semantic = Some(keel_pipeline::Semantic { index, embedder, store, channel: None });
     let parts = keel_pipeline::CacheParts::new(exact, semantic);
     let state = keel_server::AppState::from_parts(keel_server::Parts {
         cache: Some(parts),

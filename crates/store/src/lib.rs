@@ -90,7 +90,7 @@ pub trait Store: LogStore + KeyStore + CacheStore + EvalStore + FeedbackStore {
 
 /// One semantic cache entry as stored: user turns as a JSON array of strings, their embeddings as
 /// little-endian `f32`s one turn after the other, the answer as JSON.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SemanticRow {
     pub id: i64,
     /// The hex SHA-256 of the entry's scope.
