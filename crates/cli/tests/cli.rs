@@ -2,9 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use keel_testkit::{MockUpstream, Reply};
@@ -82,23 +84,7 @@ fn start_keel(mock: &MockUpstream, server_extra: &str) -> (std::process::Child, 
         ),
     )
     .unwrap();
-    let mut child = Command::new(KEEL)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("KEEL_DATA_DIR", &dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    loop {
-        let line = lines.next().expect("keel exited before listening").unwrap();
-        if line.contains("keel listening") {
-            break;
-        }
-    }
-    // Keep draining keel's log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let child = common::serve(&cfg, &dir, &[]);
     (child, port)
 }
 

@@ -2,14 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use keel_testkit::MockUpstream;
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 const ADMIN: &str = "admin-for-instances";
 
 struct Instance {
@@ -42,22 +42,7 @@ fn instance(dir: &Path, mock: &MockUpstream, extra_auth: &str, extra: &str) -> I
         ),
     )
     .unwrap();
-    let mut child = Command::new(KEEL)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("KEEL_DATA_DIR", dir)
-        .env("KEEL_ADMIN_KEY", ADMIN)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("keel exited before listening").unwrap();
-        if line.contains("keel listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let child = common::serve(&file, dir, &[("KEEL_ADMIN_KEY", ADMIN)]);
     Instance { child, url: format!("http://127.0.0.1:{port}") }
 }
 

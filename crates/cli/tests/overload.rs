@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use keel_testkit::{MockUpstream, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 const CLIENTS: usize = 2_000;
 /// The peak resident memory keel may reach during the burst (it idles at about 30 MiB without local models).
 const RSS_BOUND_MIB: u64 = 256;
@@ -102,21 +102,7 @@ async fn a_burst_of_2000_clients_gets_answers_or_clean_refusals_in_bounded_memor
         ),
     )
     .unwrap();
-    let mut child = Command::new(KEEL)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("KEEL_DATA_DIR", &dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("keel exited before listening").unwrap();
-        if line.contains("keel listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let mut child = common::serve(&cfg, &dir, &[]);
 
     let burst: Vec<_> = (0..CLIENTS).map(|_| tokio::spawn(client(port))).collect();
     let mut fates = Vec::with_capacity(CLIENTS);

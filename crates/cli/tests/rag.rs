@@ -6,9 +6,10 @@
 #![cfg(feature = "local")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -161,21 +162,7 @@ async fn nodejs_docs(backend: Backend) {
     assert!(hits[0]["headings"].as_array().is_some_and(|h| !h.is_empty()), "{hits:?}");
 
     // Served over HTTP.
-    let mut child = Command::new(KEEL)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("KEEL_DATA_DIR", &dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("keel exited before listening").unwrap();
-        if line.contains("keel listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let mut child = common::serve(&cfg, &dir, &[]);
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/search");
     let post = |body: Value| {

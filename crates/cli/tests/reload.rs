@@ -4,14 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use keel_testkit::{MockUpstream, Reply};
-
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 
 /// A configuration with two upstreams, `a` and `b`, model `x` served by `x_on`, and `extra` appended.
 fn config(port: u16, a: &MockUpstream, b: &MockUpstream, x_on: &str, extra: &str) -> String {
@@ -54,21 +53,7 @@ fn start(text: impl Fn(u16) -> String) -> Keel {
 fn start_on(port: u16, dir: &Path, text: &str) -> Keel {
     let file = dir.join("keel.toml");
     std::fs::write(&file, text).unwrap();
-    let mut child = Command::new(KEEL)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("KEEL_DATA_DIR", dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("keel exited before listening").unwrap();
-        if line.contains("keel listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let child = common::serve(&file, dir, &[]);
     Keel { child, port, file }
 }
 
