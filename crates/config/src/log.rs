@@ -18,6 +18,8 @@ pub struct RawLog {
     pub on_full: Option<String>,
     pub batch_max: Option<usize>,
     pub retention_days: Option<u32>,
+    pub acknowledge: Option<String>,
+    pub acknowledge_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -45,6 +47,15 @@ pub enum QueueFull {
     DropBodies,
 }
 
+/// When an answer may go out, as far as its log row is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Once the row is queued (fast; a process killed with rows in the queue loses them).
+    Queued,
+    /// Once the row has committed to the store (an answer a client got is never missing from the log).
+    Committed,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub enabled: bool,
@@ -54,6 +65,9 @@ pub struct LogConfig {
     pub on_full: QueueFull,
     pub batch_max: usize,
     pub retention: Option<Duration>,
+    pub acknowledge: Acknowledge,
+    /// With `Committed`: the longest an answer waits for its row's commit (then it goes out, counted).
+    pub acknowledge_timeout: Duration,
 }
 
 /// A price in USD per million tokens.
@@ -169,7 +183,7 @@ pub(crate) fn resolve_auth(raw: RawAuth, env: &dyn crate::Env, errors: &mut Erro
     AuthConfig {
         enabled,
         admin_key,
-        public: raw.public.unwrap_or_else(|| vec!["/health".into()]),
+        public: raw.public.unwrap_or_else(|| vec!["/health".into(), "/ready".into()]),
         redis,
         default_output_tokens: raw.default_output_tokens.unwrap_or(4096).max(1),
         open_admin_on_loopback: raw.open_admin_on_loopback.unwrap_or(false),
@@ -204,6 +218,22 @@ pub(crate) fn resolve_log(raw: RawLog, errors: &mut Errors) -> LogConfig {
             QueueFull::Wait
         }
     };
+    let acknowledge = match raw.acknowledge.as_deref() {
+        None | Some("queued") => Acknowledge::Queued,
+        Some("committed") => Acknowledge::Committed,
+        Some(other) => {
+            errors.push("log.acknowledge", format!("unknown setting {other:?} (expected \"queued\" or \"committed\")"));
+            Acknowledge::Queued
+        }
+    };
+    let acknowledge_timeout = match raw.acknowledge_timeout_ms {
+        Some(0) => {
+            errors.push("log.acknowledge_timeout_ms", "must be greater than 0");
+            Duration::from_secs(5)
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_secs(5),
+    };
     let positive = |v: Option<usize>, default: usize, key: &str, errors: &mut Errors| match v {
         Some(0) => {
             errors.push(format!("log.{key}"), "must be greater than 0");
@@ -224,6 +254,8 @@ pub(crate) fn resolve_log(raw: RawLog, errors: &mut Errors) -> LogConfig {
             Some(d) => Some(Duration::from_secs(u64::from(d) * 86_400)),
             None => Some(Duration::from_secs(30 * 86_400)),
         },
+        acknowledge,
+        acknowledge_timeout,
     }
 }
 

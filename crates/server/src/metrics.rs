@@ -352,6 +352,11 @@ impl Collector for Live {
                     "Rows dropped: the log queue was full and no background waiter was free, or the log was closed",
                     load(&stats.dropped),
                 ),
+                (
+                    "log_ack_timeouts",
+                    "Answers sent before their log row committed ([log] acknowledge = \"committed\"): the store was slow or down",
+                    load(&stats.ack_timeouts),
+                ),
             ];
             for (name, help, value) in counters {
                 let c = ConstCounter::new(value);

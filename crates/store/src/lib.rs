@@ -22,7 +22,7 @@ pub use keys::KeyRecord;
 pub use postgres::PgStore;
 pub use record::{AttemptRow, CacheStatus, Outcome, Query, Record, Routing};
 pub use sqlite::SqliteStore;
-pub use writer::{LogWriter, OnFull, Write, WriterConfig, WriterStats};
+pub use writer::{Acknowledge, LogWriter, OnFull, Write, WriterConfig, WriterStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

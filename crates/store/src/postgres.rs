@@ -20,7 +20,13 @@ impl PgStore {
 
     /// Connects with explicit options (tests use a schema of their own through `search_path`).
     pub async fn connect_with(options: PgConnectOptions) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await?;
+        // A connection is waited for at most 5 s (sqlx's default is 30): when the database is down, a key lookup
+        // on the request path fails in bounded time, and the log writer's retries come at a steady pace.
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }

@@ -10,6 +10,13 @@
 //! awaits it (a non-streamed answer before it is sent, a stream before its last event). Only a row whose
 //! request is already gone (the client disconnected) cannot wait: it waits in one of at most `max_waiting`
 //! background waiters, and past those it is dropped, counted and reported.
+//!
+//! What "acknowledged" means is [`Acknowledge`]: by default a row is acknowledged once queued, so a process
+//! killed with rows in the queue loses them. With [`Acknowledge::Committed`], [`LogWriter::write`] returns only
+//! once the row's batch has committed (group commit: one transaction for every row that arrived meanwhile), so
+//! an answer a client received has its row in the store, whatever happens to the process next. A commit that
+//! takes longer than `acknowledge_timeout` (the store is down) stops holding the answer: the row stays queued,
+//! and the early answer is counted in `ack_timeouts`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,10 +25,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::{LogStore, Record};
+
+/// When a row counts as acknowledged: when [`LogWriter::write`] returns, so when the answer may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acknowledge {
+    /// Once the row is in the queue (lost if the process dies before its batch commits).
+    #[default]
+    Queued,
+    /// Once the row's batch has committed to the store.
+    Committed,
+}
 
 /// What to do when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,11 +61,22 @@ pub struct WriterConfig {
     pub retention: Option<Duration>,
     /// Rows that could not wait in line (their request is gone) and wait in the background, at most.
     pub max_waiting: usize,
+    pub acknowledge: Acknowledge,
+    /// With [`Acknowledge::Committed`]: the longest a write waits for its commit.
+    pub acknowledge_timeout: Duration,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { max_queue_bytes: 64 << 20, batch_max: 512, on_full: OnFull::Wait, retention: None, max_waiting: 1024 }
+        Self {
+            max_queue_bytes: 64 << 20,
+            batch_max: 512,
+            on_full: OnFull::Wait,
+            retention: None,
+            max_waiting: 1024,
+            acknowledge: Acknowledge::Queued,
+            acknowledge_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -68,12 +96,17 @@ pub struct WriterStats {
     pub waiting_detached: AtomicU64,
     /// Rows dropped: the queue was full and no background waiter was free, or the log was closed.
     pub dropped: AtomicU64,
+    /// With [`Acknowledge::Committed`]: answers that went out before their row committed (the commit took
+    /// longer than `acknowledge_timeout`, or the log closed first).
+    pub ack_timeouts: AtomicU64,
 }
 
 struct Queued {
     record: Record,
     weight: u64,
     permit: OwnedSemaphorePermit,
+    /// Told when the row's batch has committed ([`Acknowledge::Committed`] only).
+    committed: Option<oneshot::Sender<()>>,
 }
 
 /// The handle the request path writes through; cheap to clone.
@@ -89,6 +122,8 @@ pub struct LogWriter {
     stats: Arc<WriterStats>,
     /// Background waiters left for rows that cannot wait in line.
     waiters: Arc<Semaphore>,
+    acknowledge: Acknowledge,
+    acknowledge_timeout: Duration,
 }
 
 /// The drain task; `close` flushes what is queued and waits for it.
@@ -112,6 +147,8 @@ impl LogWriter {
             on_full: config.on_full,
             stats,
             waiters: Arc::new(Semaphore::new(config.max_waiting)),
+            acknowledge: config.acknowledge,
+            acknowledge_timeout: config.acknowledge_timeout,
         };
         (writer, WriterTask { join, stop })
     }
@@ -120,11 +157,11 @@ impl LogWriter {
         &self.stats
     }
 
-    /// Queues a row, waiting for room when the queue is full and the policy says so. Cancel-safe: a write
-    /// dropped before its row was queued hands the row to [`LogWriter::write_detached`], so no row is lost
-    /// because its request went away while waiting.
+    /// Queues a row, waiting for room when the queue is full and the policy says so, and, with
+    /// [`Acknowledge::Committed`], for its commit. Cancel-safe: a write dropped before its row was queued hands
+    /// the row to [`LogWriter::write_detached`], so no row is lost because its request went away while waiting.
     pub fn write(&self, record: Record) -> Write {
-        Write { writer: self.clone(), record: Some(record), room: None }
+        Write { writer: self.clone(), record: Some(record), room: None, commit: None }
     }
 
     /// Queues a row from a context that cannot wait (the request is gone: its client disconnected). When the
@@ -132,7 +169,8 @@ impl LogWriter {
     /// is dropped (counted in `dropped`, reported) otherwise: the number of waiting rows stays bounded however
     /// long the store is slow.
     pub fn write_detached(&self, record: Record) {
-        let Some(record) = self.try_write(record) else { return };
+        let Tried::Full(record) = self.try_write(record) else { return };
+        let record = *record;
         match (self.waiters.clone().try_acquire_owned(), tokio::runtime::Handle::try_current()) {
             (Ok(waiter), Ok(rt)) => {
                 let this = self.clone();
@@ -150,12 +188,12 @@ impl LogWriter {
         }
     }
 
-    /// Queues at once if there is room (after applying `drop_bodies`); gives the row back otherwise.
-    fn try_write(&self, mut record: Record) -> Option<Record> {
+    /// Queues at once if there is room (after applying `drop_bodies`), with what tells of its commit; gives the
+    /// row back otherwise.
+    fn try_write(&self, mut record: Record) -> Tried {
         let weight = self.weight(&record);
         if let Ok(permit) = self.room.clone().try_acquire_many_owned(weight) {
-            self.enqueue(record, permit);
-            return None;
+            return Tried::Queued(self.enqueue(record, permit));
         }
         if self.on_full == OnFull::DropBodies && (record.request_body.is_some() || record.response_body.is_some()) {
             record.request_body = None;
@@ -163,29 +201,59 @@ impl LogWriter {
             self.stats.bodies_dropped.fetch_add(1, Ordering::Relaxed);
             let weight = self.weight(&record);
             if let Ok(permit) = self.room.clone().try_acquire_many_owned(weight) {
-                self.enqueue(record, permit);
-                return None;
+                return Tried::Queued(self.enqueue(record, permit));
             }
         }
-        Some(record)
+        Tried::Full(Box::new(record))
     }
 
     fn weight(&self, record: &Record) -> u32 {
         u32::try_from(record.weight().min(self.capacity)).unwrap_or(u32::MAX)
     }
 
-    fn enqueue(&self, record: Record, permit: OwnedSemaphorePermit) {
+    fn enqueue(&self, record: Record, permit: OwnedSemaphorePermit) -> Option<oneshot::Receiver<()>> {
         let weight = permit.num_permits() as u64;
         self.stats.queued_rows.fetch_add(1, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        if let Err(e) = self.tx.send(Queued { record, weight, permit }) {
+        let (committed, receiver) = match self.acknowledge {
+            Acknowledge::Queued => (None, None),
+            Acknowledge::Committed => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        if let Err(e) = self.tx.send(Queued { record, weight, permit, committed }) {
             // Only after `close`: the process is stopping and the drain task is gone.
             self.stats.queued_rows.fetch_sub(1, Ordering::Relaxed);
             self.stats.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(id = %e.0.record.id, "request log closed; a row was not written");
         }
+        receiver
     }
+
+    /// Waits for a row's commit, at most `acknowledge_timeout`.
+    fn commit(&self, receiver: oneshot::Receiver<()>) -> Commit {
+        let stats = self.stats.clone();
+        let timeout = self.acknowledge_timeout;
+        Box::pin(async move {
+            let reason = match tokio::time::timeout(timeout, receiver).await {
+                Ok(Ok(())) => return,
+                Ok(Err(_)) => "the request log closed before the row was written",
+                Err(_) => "the request log store did not commit the row in time",
+            };
+            stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "{reason}; answering before it is durable");
+        })
+    }
+}
+
+/// What trying to queue a row at once did.
+enum Tried {
+    /// Queued; with [`Acknowledge::Committed`], what tells of its commit.
+    Queued(Option<oneshot::Receiver<()>>),
+    /// No room: the row comes back.
+    Full(Box<Record>),
 }
 
 /// The future of [`LogWriter::write`].
@@ -193,23 +261,35 @@ pub struct Write {
     writer: LogWriter,
     record: Option<Record>,
     room: Option<Room>,
+    commit: Option<Commit>,
 }
 
 /// Waiting for room in the queue.
 type Room = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+/// Waiting for the row's commit (the row is queued: dropping this loses nothing).
+type Commit = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Future for Write {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(commit) = self.commit.as_mut() {
+            futures::ready!(commit.as_mut().poll(cx));
+            self.commit = None;
+            return Poll::Ready(());
+        }
         if self.room.is_none() {
             let Some(record) = self.record.take() else { return Poll::Ready(()) };
             match self.writer.try_write(record) {
-                None => return Poll::Ready(()),
-                Some(record) => {
+                Tried::Queued(None) => return Poll::Ready(()),
+                Tried::Queued(Some(receiver)) => {
+                    self.commit = Some(self.writer.commit(receiver));
+                    return self.poll(cx);
+                }
+                Tried::Full(record) => {
                     self.writer.stats.waited.fetch_add(1, Ordering::Relaxed);
                     let weight = self.writer.weight(&record);
-                    self.record = Some(record);
+                    self.record = Some(*record);
                     self.room = Some(Box::pin(self.writer.room.clone().acquire_many_owned(weight)));
                 }
             }
@@ -218,7 +298,12 @@ impl Future for Write {
         let permit = futures::ready!(room.as_mut().poll(cx));
         self.room = None;
         match (permit, self.record.take()) {
-            (Ok(permit), Some(record)) => self.writer.enqueue(record, permit),
+            (Ok(permit), Some(record)) => {
+                if let Some(receiver) = self.writer.enqueue(record, permit) {
+                    self.commit = Some(self.writer.commit(receiver));
+                    return self.poll(cx);
+                }
+            }
             (Err(_), Some(record)) => {
                 // The semaphore is never closed; if it were, the row would be reported, not lost quietly.
                 self.writer.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -286,9 +371,11 @@ async fn drain(
         }
         let mut rows = Vec::with_capacity(batch.len());
         let mut held = Vec::with_capacity(batch.len());
+        let mut acks = Vec::new();
         for q in batch {
             rows.push(q.record);
             held.push((q.weight, q.permit));
+            acks.extend(q.committed);
         }
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0;
@@ -297,6 +384,10 @@ async fn drain(
                 Ok(_) => {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     stats.written_rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    for ack in acks.drain(..) {
+                        // The write that waited may be gone (its client left): nothing to tell.
+                        let _ = ack.send(());
+                    }
                     break;
                 }
                 Err(e) => {
