@@ -147,3 +147,26 @@ def test_while_redis_is_down_keyed_requests_get_the_configured_policy(mock, redi
     admin = httpx.post(f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30,
                        json={"model": GPT.alias, "messages": [{"role": "user", "content": "hello"}]})
     assert admin.status_code == 200, admin.text
+
+
+def test_a_redis_that_stalls_for_a_second_delays_keyed_requests_but_does_not_refuse_them(mock, redis, tmp_path):
+    """Within keel's stated bound for a Redis call (2 s), a slow Redis is waited for: a pause of about a second
+    (a fork for a snapshot, a busy machine) must not turn into refusals. The Redis client's own default response
+    timeout (500 ms) once cut under that bound."""
+    import signal
+    import threading
+
+    url = serve(mock, redis, tmp_path, "refuse")
+    key = new_key(url, budget_daily_usd=1.0)
+    assert ask(url, key).status_code == 200
+    result: list[httpx.Response] = []
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        worker = threading.Thread(target=lambda: result.append(ask(url, key)))
+        worker.start()
+        time.sleep(1.0)  # the stall, not a measurement
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    worker.join(timeout=30)
+    assert result, "the request did not finish"
+    assert result[0].status_code == 200, result[0].text

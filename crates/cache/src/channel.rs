@@ -41,7 +41,8 @@ impl Channel {
     /// On the Redis at `url`, on the channel `PREFIX:semantic`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(redis_error)?;
-        let conn = redis::aio::ConnectionManager::new(client.clone()).await.map_err(redis_error)?;
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PUBLISH_TIMEOUT));
+        let conn = redis::aio::ConnectionManager::new_with_config(client.clone(), config).await.map_err(redis_error)?;
         Ok(Self { client, conn, channel: format!("{prefix}:semantic"), origin: rand_origin() })
     }
 

@@ -359,7 +359,10 @@ impl RedisCounters {
     /// With a key prefix of one's own (tests share one Redis).
     pub async fn connect_with_prefix(url: &str, store: Arc<dyn LogStore>, prefix: &str) -> Result<Self, LimitsError> {
         let client = redis::Client::open(url)?;
-        let conn = redis::aio::ConnectionManager::new(client).await?;
+        // The client's own response timeout (500 ms by default) would cut under REDIS_TIMEOUT: a Redis that
+        // stalls for a second (a fork for a snapshot, a busy machine) refused requests it should have admitted.
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(REDIS_TIMEOUT));
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             store,
             conn,

@@ -33,7 +33,8 @@ impl Revocations {
     /// On the Redis at `url`, on the channel `PREFIX:revoked`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, LimitsError> {
         let client = redis::Client::open(url)?;
-        let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PUBLISH_TIMEOUT));
+        let conn = redis::aio::ConnectionManager::new_with_config(client.clone(), config).await?;
         Ok(Self { client, conn, channel: format!("{prefix}:revoked") })
     }
 
