@@ -1,6 +1,7 @@
 //! The `keel` binary: command-line parsing and the wiring of configuration, providers, pipeline and server.
 
 mod cache;
+mod circuits;
 mod default_config;
 mod eval;
 mod guard;
@@ -518,6 +519,11 @@ pub(crate) async fn serve_on(
             batch_max: cfg.log.batch_max,
             on_full,
             retention: cfg.log.retention,
+            acknowledge: match cfg.log.acknowledge {
+                keel_config::Acknowledge::Queued => keel_store::Acknowledge::Queued,
+                keel_config::Acknowledge::Committed => keel_store::Acknowledge::Committed,
+            },
+            acknowledge_timeout: cfg.log.acknowledge_timeout,
             ..keel_store::WriterConfig::default()
         };
         let (writer, task) = keel_store::LogWriter::spawn(store.clone(), config);
@@ -538,6 +544,25 @@ pub(crate) async fn serve_on(
     let conn_stats = Arc::new(keel_server::ConnStats::default());
     sources.extend(metrics::admission("instance", &admission));
     sources.extend(metrics::connections(&conn_stats));
+    // With a Redis (the exact cache's, else the counters'), circuits open and close on every instance at once.
+    let shared_redis = match &cfg.cache.backend {
+        keel_config::CacheBackend::Redis { url } => Some(url.clone()),
+        keel_config::CacheBackend::Memory { .. } => cfg.auth.redis.clone(),
+    };
+    if let Some(url) = shared_redis {
+        match circuits::share(&url, "keel", &breakers).await {
+            Ok(()) => {
+                let b = breakers.clone();
+                sources.push(keel_server::Source::counter_fn(
+                    "circuit_transitions_unshared",
+                    "Circuit openings and closings not published to the other instances because their queue was full",
+                    &[],
+                    move || b.unshared(),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "circuit states are not shared with other instances"),
+        }
+    }
     let prices = keel_pipeline::cost::SharedPrices::new(prices);
     let auth = match &store {
         Some(store) => Some(Arc::new(auth(&cfg, store.clone(), prices.clone()).await?)),
@@ -622,6 +647,21 @@ pub(crate) async fn serve_on(
         locals: locals.into_iter().collect(),
         local_models,
         reload: keel_server::ReloadHandle::default(),
+    };
+    let draining = shared.shutdown.clone();
+    let delay = server.shutdown_delay;
+    // Shutdown begins with draining: `/ready` says 503 at once, and for `shutdown_delay_ms` keel still accepts
+    // and serves (a load balancer takes a few probe periods to notice); then the listener closes.
+    let shutdown = async move {
+        shutdown.await;
+        draining.drain();
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "shutting down: not ready; still serving during the delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
     };
     let (grace, header_read_timeout, idle_timeout, max_header_bytes, max_in_flight, max_connections) = (
         server.shutdown_grace,

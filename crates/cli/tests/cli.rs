@@ -118,6 +118,35 @@ async fn sigterm_finishes_the_stream_in_flight() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer accepting");
 }
 
+/// `GET path` on a raw connection: the whole response.
+fn get(port: u16, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    rest
+}
+
+/// With `shutdown_delay_ms`, SIGTERM first turns readiness off while keel still accepts and answers new
+/// requests (a load balancer needs a few probe periods to stop sending), and only then closes the listener.
+#[tokio::test]
+async fn sigterm_turns_readiness_off_first_and_keeps_serving_during_the_delay() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.enqueue(Reply::text("still serving"));
+    let (mut child, port) = start_keel(&mock, "shutdown_delay_ms = 5000");
+    let ready = get(port, "/ready");
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\""), "{ready}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    wait_until("/ready answers 503", || get(port, "/ready").starts_with("HTTP/1.1 503")).await;
+    assert!(get(port, "/ready").contains("\"draining\""));
+    assert!(get(port, "/health").starts_with("HTTP/1.1 200"), "still alive while draining");
+    let body = tokio::task::spawn_blocking(move || stream_request(port)).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200") && body.contains("data: [DONE]"), "a new request is served: {body}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer accepting after the delay");
+}
+
 /// A stream that never ends cannot hold keel up for longer than `shutdown_grace_ms`: at the deadline it ends
 /// with an explicit error event (not a cut connection), and its log row is written before keel exits.
 #[tokio::test]

@@ -141,3 +141,66 @@ async fn a_semantic_cache_entry_written_on_one_instance_is_found_by_another() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A circuit one instance's failures open is open on another instance within moments, although that one saw
+/// no failure: its next request is refused without reaching the failing upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_one_instance_opens_is_open_on_another_within_moments() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_default(keel_testkit::Reply::error(503, "server_error", "overloaded"));
+    let dir = std::env::temp_dir().join(format!("keel-circuits-{}-{}", std::process::id(), keel_store::now_ms()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A provider name no other keel on this Redis uses (circuits are shared by target).
+    let provider = format!("flaky{}", keel_store::now_ms());
+    let extra = format!(
+        "[providers.{provider}]\nkind = \"vllm\"\nbase_url = \"{}/v1\"\n[models.y]\nprovider = \"{provider}\"\n\
+         [reliability]\nmax_attempts = 1\n[reliability.circuit]\nconsecutive_failures = 2\nopen_ms = 600000\n",
+        mock.url()
+    );
+    let a = instance(&dir, &mock, "", &extra);
+    let b = instance(&dir, &mock, "", &extra);
+    let target = format!("{provider}/y");
+    let state = |url: String| {
+        let target = target.clone();
+        async move {
+            let body: serde_json::Value = reqwest::Client::new()
+                .get(format!("{url}/admin/circuits"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let circuits = body["circuits"].as_array().cloned().unwrap_or_default();
+            let found = circuits.into_iter().find(|c| c["target"] == target.as_str());
+            found.map(|c| c["state"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+        }
+    };
+    let ask = |url: String| async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"model": "y", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(state(b.url.clone()).await, "closed");
+    for _ in 0..2 {
+        assert_ne!(ask(a.url.clone()).await, 200);
+    }
+    assert_eq!(state(a.url.clone()).await, "open", "two failures open a's circuit");
+    let opened = std::time::Instant::now();
+    let deadline = opened + Duration::from_secs(30);
+    while state(b.url.clone()).await != "open" {
+        assert!(std::time::Instant::now() < deadline, "a's open circuit did not reach b within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the open circuit reached the other instance in {:?}", opened.elapsed());
+    let before = mock.attempt_count();
+    assert_ne!(ask(b.url.clone()).await, 200);
+    assert_eq!(mock.attempt_count(), before, "b sends nothing to a target whose circuit a opened");
+}

@@ -23,7 +23,8 @@ pub use cache::{CacheBackend, CacheConfig, CacheMode, CachePolicy, DEFAULT_THRES
 pub use diff::changed_sections;
 pub use guard::{DEFAULT_OUTPUT_ENTITIES, GuardAction, GuardPolicy};
 pub use log::{
-    AuthConfig, BodyPolicy, CountersError, LogConfig, Price, QueueFull, TelemetryConfig, data_dir, default_store,
+    Acknowledge, AuthConfig, BodyPolicy, CountersError, LogConfig, Price, QueueFull, TelemetryConfig, data_dir,
+    default_store,
 };
 pub use online::OnlineEval;
 pub use rag::{ChunkSizes, DEFAULT_RAG_MODEL, MAX_GROUNDING_K, RagConfig, Retrieval, RetrievalMode};

@@ -83,6 +83,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub log_format: Option<String>,
     pub shutdown_grace_ms: Option<u64>,
+    pub shutdown_delay_ms: Option<u64>,
     pub max_in_flight: Option<u32>,
     pub admission_queue: Option<u32>,
     pub admission_queue_timeout_ms: Option<u64>,

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// After SIGTERM, how long in-flight requests and streams may take to finish before keel exits anyway.
     pub shutdown_grace: Duration,
+    /// After SIGTERM and before the listener closes: `/ready` answers 503 while keel still accepts and serves,
+    /// so that a load balancer or Kubernetes stops sending new requests first.
+    pub shutdown_delay: Duration,
     /// API requests in flight at once, at most (instance-wide).
     pub max_in_flight: usize,
     /// API requests that may wait for a slot when all are taken; more are refused at once.
@@ -442,6 +445,7 @@ fn resolve_server(raw: RawServer, errors: &mut Errors) -> ServerConfig {
         }
     };
     let shutdown_grace = Duration::from_millis(raw.shutdown_grace_ms.unwrap_or(30_000));
+    let shutdown_delay = Duration::from_millis(raw.shutdown_delay_ms.unwrap_or(0));
     let positive = |v: Option<u64>, key: &str, errors: &mut Errors| -> Option<u64> {
         match v {
             Some(0) => {
@@ -467,6 +471,7 @@ fn resolve_server(raw: RawServer, errors: &mut Errors) -> ServerConfig {
         max_body_bytes,
         log_format,
         shutdown_grace,
+        shutdown_delay,
         max_in_flight,
         admission_queue,
         admission_queue_timeout: ms(raw.admission_queue_timeout_ms, 1_000, "admission_queue_timeout_ms", errors),

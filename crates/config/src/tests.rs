@@ -117,7 +117,7 @@ cache = { mode = 7 }
         expect![[r#"
             models.fast.cache.mode: invalid type: integer `7`, expected a string (at line 13, column 11)
             providers.openai.timeout: unknown field `timeout`, expected one of `kind`, `base_url`, `api_key_env`, `api_key`, `api_version`, `headers`, `connect_timeout_ms`, `request_timeout_ms`, `pool_max_idle_per_host`, `pool_idle_timeout_ms`, `default_max_tokens`, `models_dir`, `threads`, `queue_depth`, `embed_queue_depth`, `max_response_bytes`, `context_size`, `embeddings_engine`, `onnxruntime_library` (at line 9, column 1)
-            server.lissen: unknown field `lissen`, expected one of `listen`, `max_body_bytes`, `log_format`, `shutdown_grace_ms`, `max_in_flight`, `admission_queue`, `admission_queue_timeout_ms`, `max_connections`, `header_read_timeout_ms`, `body_read_timeout_ms`, `idle_timeout_ms`, `max_header_bytes` (at line 5, column 1)
+            server.lissen: unknown field `lissen`, expected one of `listen`, `max_body_bytes`, `log_format`, `shutdown_grace_ms`, `shutdown_delay_ms`, `max_in_flight`, `admission_queue`, `admission_queue_timeout_ms`, `max_connections`, `header_read_timeout_ms`, `body_read_timeout_ms`, `idle_timeout_ms`, `max_header_bytes` (at line 5, column 1)
             server.listen: invalid type: integer `8080`, expected a string (at line 3, column 1)
             server.max_body_bytes: invalid type: string "big", expected u64 (at line 4, column 1)"#]],
     );

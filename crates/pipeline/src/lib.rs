@@ -25,7 +25,7 @@ pub use admission::{Limiter, RouteLimitLayer, RouteLimits};
 pub use cache::{
     CacheLayer, CacheOutcome, CacheParts, CacheStats, EmbedError, Embedder, Saved, Semantic, insert_row, load_semantic,
 };
-pub use call::{Breakers, Call, CircuitState, InvalidSchema, Schema};
+pub use call::{Breakers, Call, Change, CircuitState, InvalidSchema, Schema, Transition};
 pub use context::{
     Aside, AttemptId, AttemptOutcome, AttemptRecord, AttemptUsage, Attempts, ClientFacts, Denial, Endpoint,
     GatewayError, GatewayRequest, GatewayResponse, InboundApi, Operation, Output, Principal, Prompt, Rejection,

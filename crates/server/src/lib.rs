@@ -263,6 +263,7 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/v1/models/{*id}", get(openai::model))
         .route("/v1/messages", post(anthropic::messages))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/admin/circuits", get(circuits))
         .route("/admin/config", get(reload::show))
         .route("/admin/config/reload", post(reload::reload))
@@ -300,4 +301,16 @@ async fn circuits(axum::extract::State(app): axum::extract::State<AppState>) -> 
 /// Liveness: answered whatever the load (admission control and identity do not apply to it).
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: 200 while keel takes new requests, 503 from the moment shutdown begins (it keeps serving during
+/// `shutdown_delay_ms`, so a load balancer polling this stops sending before the listener closes).
+async fn ready(axum::extract::State(app): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if app.inner.shutdown.is_draining() {
+        let body = axum::Json(serde_json::json!({"status": "draining"}));
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    }
 }

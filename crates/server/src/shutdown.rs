@@ -16,15 +16,17 @@ use keel_providers::{ChatStream, ErrorKind, ProviderError};
 use keel_types::ChatChunk;
 use tokio::sync::watch;
 
-/// The signal that the shutdown deadline has come. Cheap to clone.
+/// The two moments of a shutdown: draining (SIGTERM came: `/ready` says 503 while requests are still served)
+/// and the deadline (open streams end). Cheap to clone.
 #[derive(Clone)]
 pub struct Shutdown {
     tx: Arc<watch::Sender<bool>>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Self { tx: Arc::new(watch::channel(false).0) }
+        Self { tx: Arc::new(watch::channel(false).0), draining: Arc::default() }
     }
 }
 
@@ -35,6 +37,15 @@ impl std::fmt::Debug for Shutdown {
 }
 
 impl Shutdown {
+    /// Shutdown began: from now on `/ready` answers 503, so load balancers stop sending new requests.
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The deadline came: every stream ends with an error event at its next poll.
     pub fn deadline(&self) {
         self.tx.send_replace(true);

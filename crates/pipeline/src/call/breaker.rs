@@ -1,9 +1,15 @@
 //! A circuit breaker per upstream target: it opens on consecutive failures or on an error rate over a sliding
 //! window, sends traffic elsewhere while open, lets one probe through after a cool-down, and closes when the
 //! probe succeeds.
+//!
+//! Several instances share their circuits' state, not their counts: an instance whose own counts open a
+//! circuit (or whose probe closes one) reports the [`Transition`] on the queue [`Breakers::share`] returns,
+//! the binary publishes it, and every other instance [`Breakers::apply`]s it, so a failing target is avoided
+//! everywhere once one instance has seen enough of it. Applying one is never reported again (no echo).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 // tokio's clock: the same as std's at run time, and one that tests can pause and advance.
@@ -41,6 +47,44 @@ struct Inner {
 pub struct Breaker {
     policy: CircuitPolicy,
     inner: Mutex<Inner>,
+    /// Its target as transitions name it, and where they go once sharing is on.
+    target: String,
+    share: Arc<Share>,
+}
+
+/// A change of a circuit's state that other instances should apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The target, as `/admin/circuits` names it.
+    pub target: String,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Opened, for this much longer (a duration, not a time: instances' clocks need not agree).
+    Opened { for_ms: u64 },
+    /// A probe succeeded: the target is healthy again.
+    Closed,
+}
+
+/// Where transitions go: nowhere until [`Breakers::share`]; a full queue drops one (counted). It also knows
+/// every breaker alive, those of configuration versions made by later reloads included, so that another
+/// instance's transition reaches them all.
+#[derive(Debug, Default)]
+struct Share {
+    tx: OnceLock<tokio::sync::mpsc::Sender<Transition>>,
+    dropped: AtomicU64,
+    live: Mutex<Vec<std::sync::Weak<Breaker>>>,
+}
+
+impl Share {
+    fn send(&self, target: &str, change: Change) {
+        let Some(tx) = self.tx.get() else { return };
+        if tx.try_send(Transition { target: target.to_string(), change }).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Leave to send one request. Dropped without [`Permit::record`] (the caller went away), it gives a probe slot back.
@@ -69,9 +113,40 @@ impl Drop for Permit {
 }
 
 impl Breaker {
-    pub fn new(policy: CircuitPolicy) -> Self {
+    #[cfg(test)]
+    fn new(policy: CircuitPolicy) -> Self {
+        Self::shared(policy, String::new(), Arc::default())
+    }
+
+    fn shared(policy: CircuitPolicy, target: String, share: Arc<Share>) -> Self {
         let inner = Inner { state: State::Closed, consecutive_failures: 0, buckets: Default::default(), opened: 0 };
-        Self { policy, inner: Mutex::new(inner) }
+        Self { policy, inner: Mutex::new(inner), target, share }
+    }
+
+    /// Another instance's transition: open until the same moment (unless already open for longer), or close.
+    fn apply(&self, change: Change) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let now = Instant::now();
+        match change {
+            Change::Opened { for_ms } => {
+                let until = now + Duration::from_millis(for_ms);
+                match inner.state {
+                    State::Open { until: mine } if mine >= until => {}
+                    State::Open { .. } => inner.state = State::Open { until },
+                    State::Closed | State::HalfOpen { .. } => {
+                        inner.state = State::Open { until };
+                        inner.opened += 1;
+                    }
+                }
+            }
+            Change::Closed => {
+                if !matches!(inner.state, State::Closed) {
+                    inner.state = State::Closed;
+                    inner.buckets = Default::default();
+                    inner.consecutive_failures = 0;
+                }
+            }
+        }
     }
 
     /// Asks to send a request. `None` while open (or while a probe is already out).
@@ -122,6 +197,7 @@ impl Breaker {
             State::HalfOpen { .. } if healthy => {
                 inner.state = State::Closed;
                 inner.buckets = Default::default();
+                self.share.send(&self.target, Change::Closed);
             }
             State::HalfOpen { .. } => self.open(&mut inner, now),
             State::Closed if !healthy => {
@@ -139,6 +215,8 @@ impl Breaker {
     fn open(&self, inner: &mut Inner, now: Instant) {
         inner.state = State::Open { until: now + self.policy.open_for };
         inner.opened += 1;
+        let for_ms = u64::try_from(self.policy.open_for.as_millis()).unwrap_or(u64::MAX);
+        self.share.send(&self.target, Change::Opened { for_ms });
     }
 
     fn snapshot(&self, target: &ModelTarget) -> CircuitState {
@@ -197,15 +275,51 @@ pub struct CircuitState {
 #[derive(Debug, Clone, Default)]
 pub struct Breakers {
     map: Arc<HashMap<ModelTarget, Arc<Breaker>>>,
+    share: Arc<Share>,
 }
+
+/// Transitions waiting to be published, at most; past that one is dropped (counted: [`Breakers::unshared`]).
+const SHARE_QUEUE: usize = 1024;
 
 impl Breakers {
     pub fn new(targets: impl IntoIterator<Item = (ModelTarget, CircuitPolicy)>) -> Self {
-        let mut map = HashMap::new();
-        for (target, policy) in targets {
-            map.entry(target).or_insert_with(|| Arc::new(Breaker::new(policy)));
+        Self::default().carry(targets)
+    }
+
+    /// Turns sharing on: from now on, every transition this instance's own counts or probes cause comes out of
+    /// the returned queue (bounded). `None` when sharing is already on.
+    pub fn share(&self) -> Option<tokio::sync::mpsc::Receiver<Transition>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SHARE_QUEUE);
+        self.share.tx.set(tx).ok().map(|()| rx)
+    }
+
+    /// Applies another instance's transition to the breakers of the same target (in every configuration
+    /// version alive), if this instance has any.
+    pub fn apply(&self, transition: &Transition) {
+        for b in self.live() {
+            if b.target == transition.target {
+                b.apply(transition.change);
+            }
         }
-        Self { map: Arc::new(map) }
+    }
+
+    /// The targets of every breaker alive (every version's), each once.
+    pub fn targets(&self) -> Vec<String> {
+        let mut targets: Vec<String> = self.live().iter().map(|b| b.target.clone()).collect();
+        targets.sort();
+        targets.dedup();
+        targets
+    }
+
+    fn live(&self) -> Vec<Arc<Breaker>> {
+        let Ok(mut live) = self.share.live.lock() else { return Vec::new() };
+        live.retain(|w| w.strong_count() > 0);
+        live.iter().filter_map(std::sync::Weak::upgrade).collect()
+    }
+
+    /// Transitions not shared because the queue was full.
+    pub fn unshared(&self) -> u64 {
+        self.share.dropped.load(Ordering::Relaxed)
     }
 
     /// The breakers of a reloaded configuration: a target that was already there with the same policy keeps
@@ -214,9 +328,18 @@ impl Breakers {
         let mut map = HashMap::new();
         for (target, policy) in targets {
             let kept = self.map.get(&target).filter(|b| b.policy == policy).cloned();
-            map.entry(target).or_insert_with(|| kept.unwrap_or_else(|| Arc::new(Breaker::new(policy))));
+            let fresh = || {
+                let b = Arc::new(Breaker::shared(policy, target.to_string(), self.share.clone()));
+                if let Ok(mut live) = self.share.live.lock() {
+                    live.retain(|w| w.strong_count() > 0);
+                    live.push(Arc::downgrade(&b));
+                }
+                b
+            };
+            let breaker = kept.unwrap_or_else(fresh);
+            map.entry(target).or_insert(breaker);
         }
-        Self { map: Arc::new(map) }
+        Self { map: Arc::new(map), share: self.share.clone() }
     }
 
     pub(crate) fn get(&self, target: &ModelTarget) -> Option<&Arc<Breaker>> {
@@ -305,5 +428,35 @@ mod tests {
         assert!(Arc::ptr_eq(new.get(&target("a")).unwrap(), old.get(&target("a")).unwrap()));
         assert!(!Arc::ptr_eq(new.get(&target("b")).unwrap(), old.get(&target("b")).unwrap()), "b's policy changed");
         assert!(new.get(&target("c")).unwrap().acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_opens_or_closes_a_circuit_tells_the_others_which_do_not_echo() {
+        let target = ModelTarget { provider: "p".into(), model: "m".into(), deployment: None, supports_prefill: false };
+        let here = Breakers::new([(target.clone(), policy())]);
+        let there = Breakers::new([(target.clone(), policy())]);
+        let mut out = here.share().expect("sharing turns on once");
+        assert!(here.share().is_none());
+        let mut theirs = there.share().unwrap();
+        for _ in 0..3 {
+            here.get(&target).unwrap().acquire().unwrap().record(false);
+        }
+        let opened = out.try_recv().expect("the opening is reported");
+        assert_eq!(opened, Transition { target: target.to_string(), change: Change::Opened { for_ms: 50 } });
+        assert!(there.get(&target).unwrap().acquire().is_some(), "closed there until told");
+        there.apply(&opened);
+        assert!(there.get(&target).unwrap().acquire().is_none(), "open there too");
+        assert_eq!(there.states()[0].state, "open");
+        assert!(theirs.try_recv().is_err(), "an applied transition is not reported again");
+        there.apply(&Transition { target: "other/target".into(), change: Change::Closed });
+        assert!(there.get(&target).unwrap().acquire().is_none(), "another target's transition changes nothing");
+        tokio::time::advance(Duration::from_millis(60)).await;
+        here.get(&target).unwrap().acquire().expect("a probe").record(true);
+        let closed = out.try_recv().expect("the closing is reported");
+        assert_eq!(closed.change, Change::Closed);
+        assert_eq!(there.states()[0].state, "open");
+        there.apply(&closed);
+        assert_eq!(there.states()[0].state, "closed", "closed there once a probe succeeded here");
+        assert!(theirs.try_recv().is_err());
     }
 }

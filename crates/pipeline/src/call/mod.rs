@@ -27,7 +27,7 @@ use keel_providers::{ChatStream, ErrorKind, Provider, ProviderError, Providers};
 use keel_types::{ChatChunk, ChatRequest, EmbeddingsRequest, FinishReason};
 use tower::Service;
 
-pub use breaker::{Breakers, CircuitState};
+pub use breaker::{Breakers, Change, CircuitState, Transition};
 pub use schema::{InvalidSchema, Schema};
 
 use crate::route::RoutePlan;
