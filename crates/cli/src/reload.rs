@@ -123,6 +123,7 @@ pub(crate) fn build(
         templates,
         config: info.clone(),
         reload: Some(shared.reload.clone()),
+        dashboard: shared.store.clone(),
     });
     Ok((Version { text, cfg, info, providers, breakers, route_limits, app }, prices, routes))
 }

@@ -74,6 +74,7 @@ pub(crate) async fn requests(
         template: params.template,
         router: params.router,
         limit: params.limit,
+        ..Query::default()
     };
     match store.query(&query).await {
         Ok(rows) => axum::Json(serde_json::json!({ "object": "list", "data": rows })).into_response(),

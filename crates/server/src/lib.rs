@@ -26,6 +26,7 @@ mod request_id;
 mod shutdown;
 mod stack;
 mod stream;
+mod ui;
 mod vector_stores;
 
 use std::sync::Arc;
@@ -78,6 +79,8 @@ struct Inner {
     feedback: Option<Arc<dyn keel_store::FeedbackStore>>,
     config: Arc<ConfigVersion>,
     reload: Option<ReloadHandle>,
+    /// What the dashboard reads (the log's aggregates, keys, evaluation runs, feedback); none: `/ui` says so.
+    dashboard: Option<Arc<dyn keel_store::Store>>,
 }
 
 /// Who may use `/admin/*`.
@@ -131,6 +134,8 @@ pub struct Parts {
     pub config: ConfigVersion,
     /// What `POST /admin/config/reload` calls.
     pub reload: Option<ReloadHandle>,
+    /// The store the dashboard (`/ui`) reads; none: it says there is no store.
+    pub dashboard: Option<Arc<dyn keel_store::Store>>,
 }
 
 impl Parts {
@@ -165,6 +170,7 @@ impl Parts {
             feedback: None,
             config: ConfigVersion { version: "embedded".into(), source: "parts".into(), since_ms: 0 },
             reload: None,
+            dashboard: None,
         }
     }
 }
@@ -199,6 +205,7 @@ impl AppState {
             feedback: p.feedback,
             config: Arc::new(p.config),
             reload: p.reload,
+            dashboard: p.dashboard,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -284,6 +291,7 @@ pub fn router(state: AppState, limits: ServerLimits) -> Router {
         .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
         .merge(vector_stores::routes())
+        .merge(ui::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer))

@@ -3,6 +3,7 @@
 //! migrations are embedded and run when a store is opened. Writes from the request path go through
 //! [`LogWriter`]: a queue bounded in bytes, batched into transactions, with an explicit policy when full.
 
+mod dashboard;
 mod eval;
 mod feedback;
 mod keys;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+pub use dashboard::{DashboardStore, Group, GuardCount, Overview, Point, Range, Totals};
 pub use eval::{EvalResult, EvalRun, EvalStore};
 pub use feedback::{ExportQuery, Feedback, FeedbackSource, FeedbackStore, QualityQuery, QualityRow};
 pub use keys::KeyRecord;
@@ -83,7 +85,7 @@ pub trait CacheStore: Send + Sync + 'static {
 /// A database that holds all of keel's state: what the two backends implement. Each component asks only for
 /// the capability it uses (`Arc<dyn LogStore>`, …; an `Arc<dyn Store>` converts to each), so a test double
 /// implements one small trait.
-pub trait Store: LogStore + KeyStore + CacheStore + EvalStore + FeedbackStore {
+pub trait Store: LogStore + KeyStore + CacheStore + EvalStore + FeedbackStore + DashboardStore {
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
 }

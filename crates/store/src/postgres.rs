@@ -35,3 +35,12 @@ impl PgStore {
 crate::sql::store_impl!(PgStore, sqlx::Postgres);
 crate::eval::eval_impl!(PgStore, sqlx::Postgres);
 crate::feedback::feedback_impl!(PgStore, sqlx::Postgres);
+crate::dashboard::dashboard_impl!(
+    PgStore,
+    sqlx::Postgres,
+    "SELECT v ->> 'guard' AS guard, v ->> 'action' AS action FROM requests, jsonb_array_elements(\
+     CASE WHEN jsonb_typeof(metadata::jsonb -> 'guard') = 'array' THEN metadata::jsonb -> 'guard' \
+     ELSE '[]'::jsonb END) AS v \
+     WHERE ts_ms >= $1 AND ts_ms < $2 AND metadata LIKE '%\"guard\"%'",
+    "(metadata::jsonb ->> 'cache_saved_usd')::float8"
+);

@@ -174,6 +174,10 @@ pub struct Query {
     pub template: Option<String>,
     /// Only requests that named this router.
     pub router: Option<String>,
+    /// Only requests with this cache outcome.
+    pub cache: Option<CacheStatus>,
+    /// Only requests whose request or response body contains this text (any case), where bodies are logged.
+    pub text: Option<String>,
     /// At most this many rows (default 100, at most 10,000).
     pub limit: Option<u32>,
 }

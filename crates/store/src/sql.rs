@@ -219,6 +219,15 @@ macro_rules! store_impl {
                     if let Some(v) = q.outcome {
                         qb.push(" AND outcome = ").push_bind(v.as_str());
                     }
+                    if let Some(v) = q.cache {
+                        qb.push(" AND cache = ").push_bind(v.as_str());
+                    }
+                    if let Some(v) = &q.text {
+                        // A scan of the range's bodies (no full-text index): bounded by the time range and LIMIT.
+                        let pattern = format!("%{}%", crate::sql::like_literal(&v.to_lowercase()));
+                        qb.push(" AND (LOWER(request_body) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+                        qb.push(" OR LOWER(response_body) LIKE ").push_bind(pattern).push(" ESCAPE '\\')");
+                    }
                     if let Some(v) = q.since_ms {
                         qb.push(" AND ts_ms >= ").push_bind(v);
                     }

@@ -70,3 +70,11 @@ fn is_busy(e: &sqlx::Error) -> bool {
 crate::sql::store_impl!(SqliteStore, sqlx::Sqlite);
 crate::eval::eval_impl!(SqliteStore, sqlx::Sqlite);
 crate::feedback::feedback_impl!(SqliteStore, sqlx::Sqlite);
+crate::dashboard::dashboard_impl!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "SELECT json_extract(j.value, '$.guard') AS guard, json_extract(j.value, '$.action') AS action \
+     FROM requests, json_each(requests.metadata, '$.guard') AS j \
+     WHERE requests.ts_ms >= $1 AND requests.ts_ms < $2 AND requests.metadata LIKE '%\"guard\"%'",
+    "json_extract(metadata, '$.cache_saved_usd')"
+);

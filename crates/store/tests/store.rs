@@ -599,3 +599,57 @@ async fn sqlite_stores_opened_at_once_on_a_fresh_file_all_migrate() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// The dashboard's aggregates, computed by the database: totals, nearest-rank percentiles, cache and guard
+/// counts from the JSON metadata, series and breakdowns, over exactly the range asked for.
+async fn overview_battery(store: Arc<dyn Store>) {
+    let hour = 3_600_000;
+    let base = 1_950_000_000_000 / hour * hour;
+    let mut rows = Vec::new();
+    for i in 1..=10 {
+        let mut r = record(i, base + i as i64 * 1000);
+        r.id = format!("ov-{i}");
+        match i {
+            2 => {
+                r.cache = Some(keel_store::CacheStatus::Hit);
+                r.metadata = serde_json::json!({"cache_saved_usd": 0.5, "guard": [{"guard": "pii", "action": "redact", "found": ["EMAIL"]}]});
+            }
+            3 => r.cache = Some(keel_store::CacheStatus::Miss),
+            4 => r.attempts.push(r.attempts[0].clone()),
+            _ => {}
+        }
+        rows.push(r);
+    }
+    // Outside the range: must not count.
+    rows.push(record(99, base - 1));
+    rows.push(record(98, base + hour));
+    store.insert(&rows).await.unwrap();
+    let o = store.overview(keel_store::Range { since_ms: base, until_ms: base + hour, bucket_ms: hour }).await.unwrap();
+    let t = &o.totals;
+    assert_eq!((t.requests, t.errors), (10, 2));
+    assert_eq!((t.tokens_in, t.tokens_out), (155, 50));
+    assert!((t.cost_usd - 0.000_123 * 55.0).abs() < 1e-9, "{}", t.cost_usd);
+    assert_eq!((t.cache_lookups, t.cache_hits, t.fallbacks), (2, 1, 1));
+    assert!((t.saved_usd - 0.5).abs() < 1e-9);
+    assert_eq!((t.latency_p50_ms, t.latency_p99_ms, t.ttft_p50_ms), (Some(25.0), Some(30.0), Some(3.5)));
+    assert_eq!(o.series.len(), 1);
+    assert_eq!((o.series[0].start_ms, o.series[0].requests, o.series[0].errors), (base, 10, 2));
+    let models: Vec<(&str, u64)> = o.by_model.iter().map(|g| (g.name.as_str(), g.requests)).collect();
+    assert_eq!(models, [("smart", 7), ("fast", 3)]);
+    assert_eq!(o.by_key.len(), 2);
+    assert_eq!(o.guards, [keel_store::GuardCount { guard: "pii".into(), action: "redact".into(), count: 1 }]);
+    let empty = store.overview(keel_store::Range { since_ms: 0, until_ms: 1, bucket_ms: hour }).await.unwrap();
+    assert_eq!((empty.totals.requests, empty.totals.latency_p50_ms), (0, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_computes_the_dashboard_overview() {
+    let (store, dir) = sqlite().await;
+    overview_battery(store).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_computes_the_dashboard_overview() {
+    overview_battery(postgres().await).await;
+}

@@ -107,6 +107,7 @@ fn layering() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "keel-store",
                 "keel-limits",
                 "keel-rag",
+                "keel-eval",
             ][..],
         ),
         ("keel-testkit", &[][..]),
