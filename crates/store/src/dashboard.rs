@@ -96,6 +96,120 @@ pub(crate) fn rank(n: u64, q: f64) -> i64 {
     r.clamp(0, i64::try_from(n).unwrap_or(i64::MAX).saturating_sub(1))
 }
 
+/// An hour, the rollups' grain.
+pub const HOUR_MS: i64 = 3_600_000;
+/// The histograms' buckets: bucket 0 is under 1 ms, bucket `b` covers `[1.1^(b-1), 1.1^b)` ms, the last one
+/// everything longer (the migration's `CASE` has the same bounds).
+const RATIO: f64 = 1.1;
+const LAST_BUCKET: i64 = 200;
+
+pub(crate) fn bucket(ms: f64) -> i64 {
+    if ms.is_nan() || ms < 1.0 {
+        return 0;
+    }
+    // ln gives the bucket up to rounding at a bound; the bounds decide, as the SQL `CASE` does.
+    let mut b = ((ms.ln() / RATIO.ln()).floor() as i64 + 1).clamp(1, LAST_BUCKET);
+    while b > 1 && ms < bound(b - 1) {
+        b -= 1;
+    }
+    while b < LAST_BUCKET && ms >= bound(b) {
+        b += 1;
+    }
+    b
+}
+
+/// The upper bound of bucket `b` as the migration writes it (six decimals).
+fn bound(b: i64) -> f64 {
+    (RATIO.powi(i32::try_from(b).unwrap_or(i32::MAX)) * 1e6).round() / 1e6
+}
+
+/// The value a bucket stands for: its geometric middle (within 5% of every value in it).
+pub(crate) fn bucket_value(b: i64) -> f64 {
+    if b <= 0 { 0.5 } else { RATIO.powf(b as f64 - 0.5) }
+}
+
+/// The nearest-rank quantile `q` of a histogram given as `(bucket, count)` sorted by bucket.
+pub(crate) fn hist_quantile(hist: &[(i64, i64)], q: f64) -> Option<f64> {
+    let n: i64 = hist.iter().map(|(_, c)| *c).sum();
+    if n <= 0 {
+        return None;
+    }
+    let r = rank(u64::try_from(n).unwrap_or(0), q);
+    let mut seen = 0;
+    for (b, c) in hist {
+        seen += c;
+        if seen > r {
+            return Some(bucket_value(*b));
+        }
+    }
+    hist.last().map(|(b, _)| bucket_value(*b))
+}
+
+/// One rollup row's sums.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Sums {
+    pub requests: i64,
+    pub errors: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
+    pub cache_lookups: i64,
+    pub cache_hits: i64,
+    pub saved_usd: f64,
+    pub fallbacks: i64,
+    pub latency_sum_ms: f64,
+}
+
+/// The rollups of a batch of newly logged rows, added to the tables in the batch's transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Rollup {
+    /// By dimension (`all`, `model`, `key`, `router`), hour and value.
+    pub main: std::collections::HashMap<(&'static str, i64, String), Sums>,
+    pub hist: std::collections::HashMap<(i64, i64, i64), i64>,
+    pub guards: std::collections::HashMap<(i64, String, String), i64>,
+}
+
+impl Rollup {
+    pub(crate) fn add(&mut self, r: &crate::Record) {
+        let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let hit = r.cache.is_some_and(crate::CacheStatus::is_hit);
+        let saved = if hit {
+            r.metadata.get("cache_saved_usd").and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let mut dims = vec![
+            ("all", String::new()),
+            ("model", r.model_requested.clone().unwrap_or_default()),
+            ("key", r.key_id.clone().unwrap_or_default()),
+        ];
+        if let Some(routing) = &r.routing {
+            dims.push(("router", routing.router.clone()));
+        }
+        for (dim, name) in dims {
+            let s = self.main.entry((dim, hour, name)).or_default();
+            s.requests += 1;
+            s.errors += i64::from(r.outcome != crate::Outcome::Ok);
+            s.tokens_in += crate::sql::to_i64(r.tokens_in).unwrap_or(0);
+            s.tokens_out += crate::sql::to_i64(r.tokens_out).unwrap_or(0);
+            s.cost_usd += r.cost_usd.unwrap_or(0.0);
+            s.cache_lookups += i64::from(r.cache.is_some_and(|c| c != crate::CacheStatus::Bypass));
+            s.cache_hits += i64::from(hit);
+            s.saved_usd += saved;
+            s.fallbacks += i64::from(r.attempts.len() > 1);
+            s.latency_sum_ms += r.latency_ms;
+        }
+        *self.hist.entry((hour, 0, bucket(r.latency_ms))).or_default() += 1;
+        if let Some(t) = r.ttft_ms {
+            *self.hist.entry((hour, 1, bucket(t))).or_default() += 1;
+        }
+        for v in r.metadata.get("guard").and_then(serde_json::Value::as_array).into_iter().flatten() {
+            let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+            *self.guards.entry((hour, text("guard"), text("action"))).or_default() += 1;
+        }
+    }
+}
+
 /// `$guards` is the backend's SQL for `(guard, action)` pairs of every verdict in the range's rows, `$saved` its
 /// expression for what a cache hit saved (a row's `metadata.cache_saved_usd`).
 macro_rules! dashboard_impl {
@@ -152,6 +266,140 @@ macro_rules! dashboard_impl {
             }
         }
 
+        impl $store {
+            /// The overview from the hourly rollups: a range of whole hours reads one row per hour, alias, key
+            /// and router (and the histograms' buckets) instead of every request.
+            async fn overview_rollups(&self, r: crate::Range) -> Result<crate::Overview, crate::StoreError> {
+                use crate::dashboard::u;
+                use sqlx::Row;
+                const SUMS: &str = "CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS n, \
+                     CAST(COALESCE(SUM(errors), 0) AS BIGINT) AS errors, \
+                     CAST(COALESCE(SUM(tokens_in + tokens_out), 0) AS BIGINT) AS tokens, \
+                     COALESCE(SUM(cost_usd), 0.0) AS cost, \
+                     CAST(COALESCE(SUM(cache_hits), 0) AS BIGINT) AS hits, \
+                     COALESCE(SUM(latency_sum_ms), 0.0) AS latency_sum";
+                let latency = |row: &<$db as sqlx::Database>::Row| -> Result<f64, crate::StoreError> {
+                    let n: i64 = row.try_get("n")?;
+                    let sum: f64 = row.try_get("latency_sum")?;
+                    Ok(if n > 0 { sum / n as f64 } else { 0.0 })
+                };
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SUMS}, CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT) AS tin, \
+                     CAST(COALESCE(SUM(tokens_out), 0) AS BIGINT) AS tout, \
+                     CAST(COALESCE(SUM(cache_lookups), 0) AS BIGINT) AS lookups, \
+                     COALESCE(SUM(saved_usd), 0.0) AS saved, CAST(COALESCE(SUM(fallbacks), 0) AS BIGINT) AS fallbacks \
+                     FROM request_rollups WHERE dim = 'all' AND hour_ms >= $1 AND hour_ms < $2"
+                )))
+                .bind(r.since_ms)
+                .bind(r.until_ms)
+                .fetch_one(&self.pool)
+                .await?;
+                let mut totals = crate::Totals {
+                    requests: u(row.try_get("n")?),
+                    errors: u(row.try_get("errors")?),
+                    tokens_in: u(row.try_get("tin")?),
+                    tokens_out: u(row.try_get("tout")?),
+                    cost_usd: row.try_get("cost")?,
+                    cache_lookups: u(row.try_get("lookups")?),
+                    cache_hits: u(row.try_get("hits")?),
+                    saved_usd: row.try_get("saved")?,
+                    fallbacks: u(row.try_get("fallbacks")?),
+                    ..crate::Totals::default()
+                };
+                let hist = sqlx::query(
+                    "SELECT kind, bucket, CAST(SUM(n) AS BIGINT) AS n FROM latency_rollups \
+                     WHERE hour_ms >= $1 AND hour_ms < $2 GROUP BY kind, bucket ORDER BY kind, bucket",
+                )
+                .bind(r.since_ms)
+                .bind(r.until_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut by_kind: [Vec<(i64, i64)>; 2] = [Vec::new(), Vec::new()];
+                for row in &hist {
+                    let kind: i64 = row.try_get("kind")?;
+                    if let Some(h) = usize::try_from(kind).ok().and_then(|k| by_kind.get_mut(k)) {
+                        h.push((row.try_get("bucket")?, row.try_get("n")?));
+                    }
+                }
+                totals.latency_p50_ms = crate::dashboard::hist_quantile(&by_kind[0], 0.5);
+                totals.latency_p99_ms = crate::dashboard::hist_quantile(&by_kind[0], 0.99);
+                totals.ttft_p50_ms = crate::dashboard::hist_quantile(&by_kind[1], 0.5);
+                totals.ttft_p99_ms = crate::dashboard::hist_quantile(&by_kind[1], 0.99);
+
+                let series = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT (hour_ms / $3) * $3 AS t, {SUMS} FROM request_rollups \
+                     WHERE dim = 'all' AND hour_ms >= $1 AND hour_ms < $2 GROUP BY (hour_ms / $3) * $3 ORDER BY t"
+                )))
+                .bind(r.since_ms)
+                .bind(r.until_ms)
+                .bind(r.bucket_ms.max(1))
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(crate::Point {
+                        start_ms: row.try_get("t")?,
+                        requests: u(row.try_get("n")?),
+                        errors: u(row.try_get("errors")?),
+                        cost_usd: row.try_get("cost")?,
+                        tokens: u(row.try_get("tokens")?),
+                        cache_hits: u(row.try_get("hits")?),
+                        latency_avg_ms: latency(row)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, crate::StoreError>>()?;
+                let mut groups = Vec::new();
+                for dim in ["model", "key", "router"] {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT name, {SUMS} FROM request_rollups WHERE dim = $4 AND hour_ms >= $1 AND hour_ms < $2 \
+                         GROUP BY name ORDER BY n DESC, name LIMIT $3"
+                    )))
+                    .bind(r.since_ms)
+                    .bind(r.until_ms)
+                    .bind(crate::dashboard::GROUPS_MAX)
+                    .bind(dim)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    groups.push(
+                        rows.iter()
+                            .map(|row| {
+                                Ok(crate::Group {
+                                    name: row.try_get("name")?,
+                                    requests: u(row.try_get("n")?),
+                                    errors: u(row.try_get("errors")?),
+                                    cost_usd: row.try_get("cost")?,
+                                    tokens: u(row.try_get("tokens")?),
+                                    latency_avg_ms: latency(row)?,
+                                })
+                            })
+                            .collect::<Result<Vec<_>, crate::StoreError>>()?,
+                    );
+                }
+                let guards = sqlx::query(
+                    "SELECT guard, action, CAST(SUM(n) AS BIGINT) AS n FROM guard_rollups \
+                     WHERE hour_ms >= $1 AND hour_ms < $2 GROUP BY guard, action ORDER BY n DESC, guard, action",
+                )
+                .bind(r.since_ms)
+                .bind(r.until_ms)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(crate::GuardCount { guard: row.try_get("guard")?, action: row.try_get("action")?, count: u(row.try_get("n")?) })
+                })
+                .collect::<Result<Vec<_>, crate::StoreError>>()?;
+                let mut groups = groups.into_iter();
+                Ok(crate::Overview {
+                    totals,
+                    series,
+                    by_model: groups.next().unwrap_or_default(),
+                    by_key: groups.next().unwrap_or_default(),
+                    by_router: groups.next().unwrap_or_default(),
+                    guards,
+                })
+            }
+        }
+
         impl crate::DashboardStore for $store {
             fn overview(
                 &self,
@@ -160,6 +408,10 @@ macro_rules! dashboard_impl {
                 Box::pin(async move {
                     use crate::dashboard::u;
                     use sqlx::Row;
+                    // Whole hours come from the rollups; a range finer than an hour scans its rows.
+                    if r.bucket_ms >= crate::dashboard::HOUR_MS && r.since_ms.rem_euclid(crate::dashboard::HOUR_MS) == 0 {
+                        return self.overview_rollups(r).await;
+                    }
                     let totals_sql = format!(
                         "SELECT COUNT(*) AS n, \
                          SUM(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END) AS errors, \
@@ -264,7 +516,23 @@ pub(crate) use dashboard_impl;
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::rank;
+
+    #[test]
+    fn buckets_match_the_migrations_bounds_and_quantiles_stay_within_five_percent() {
+        use super::{bucket, bucket_value, hist_quantile};
+        assert_eq!((bucket(0.0), bucket(0.99), bucket(1.0), bucket(1.09), bucket(1.1)), (0, 0, 1, 1, 2));
+        assert_eq!(bucket(1e12), 200);
+        for ms in [3.0, 25.0, 99.9, 1234.5, 65_000.0] {
+            let v = bucket_value(bucket(ms));
+            assert!((v / ms - 1.0).abs() < 0.05 + 1e-9, "{ms} -> {v}");
+        }
+        let hist: Vec<(i64, i64)> = vec![(bucket(10.0), 50), (bucket(100.0), 49), (bucket(1000.0), 1)];
+        assert!((hist_quantile(&hist, 0.5).unwrap() / 10.0 - 1.0).abs() < 0.05);
+        assert!((hist_quantile(&hist, 0.99).unwrap() / 100.0 - 1.0).abs() < 0.05);
+        assert_eq!(hist_quantile(&[], 0.5), None);
+    }
 
     #[test]
     fn nearest_rank() {

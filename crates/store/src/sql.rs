@@ -139,6 +139,7 @@ macro_rules! store_impl {
                     }
                     let mut tx = self.pool.begin().await?;
                     let mut inserted = 0;
+                    let mut rollup = crate::dashboard::Rollup::default();
                     // Bounded statement size: SQLite allows 32,766 parameters, 30 per row.
                     for chunk in rows.chunks(500) {
                         let mut qb =
@@ -175,8 +176,74 @@ macro_rules! store_impl {
                                 .push_bind(r.routing.as_ref().map(|x| x.reason.clone()))
                                 .push_bind(r.routing.as_ref().map(|x| i64::from(x.escalations)));
                         });
-                        qb.push(" ON CONFLICT (id) DO NOTHING");
-                        inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+                        // The rows really inserted (a row already there, a batch retried, is not counted twice).
+                        qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                        let ids: std::collections::HashSet<String> = {
+                            use sqlx::Row;
+                            let rows = qb.build().fetch_all(&mut *tx).await?;
+                            rows.iter().map(|r| r.try_get::<String, _>("id")).collect::<Result<_, _>>()?
+                        };
+                        inserted += ids.len() as u64;
+                        for r in chunk.iter().filter(|r| ids.contains(&r.id)) {
+                            rollup.add(r);
+                        }
+                    }
+                    // The dashboard's rollups, in the same transaction: they always agree with the rows.
+                    let main: Vec<_> = rollup.main.into_iter().collect();
+                    for chunk in main.chunks(500) {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO request_rollups (dim, hour_ms, name, requests, errors, tokens_in, \
+                             tokens_out, cost_usd, cache_lookups, cache_hits, saved_usd, fallbacks, latency_sum_ms) ",
+                        );
+                        qb.push_values(chunk, |mut b, ((dim, hour, name), s)| {
+                            b.push_bind(*dim)
+                                .push_bind(*hour)
+                                .push_bind(name.clone())
+                                .push_bind(s.requests)
+                                .push_bind(s.errors)
+                                .push_bind(s.tokens_in)
+                                .push_bind(s.tokens_out)
+                                .push_bind(s.cost_usd)
+                                .push_bind(s.cache_lookups)
+                                .push_bind(s.cache_hits)
+                                .push_bind(s.saved_usd)
+                                .push_bind(s.fallbacks)
+                                .push_bind(s.latency_sum_ms);
+                        });
+                        qb.push(
+                            " ON CONFLICT (dim, hour_ms, name) DO UPDATE SET \
+                             requests = request_rollups.requests + excluded.requests, \
+                             errors = request_rollups.errors + excluded.errors, \
+                             tokens_in = request_rollups.tokens_in + excluded.tokens_in, \
+                             tokens_out = request_rollups.tokens_out + excluded.tokens_out, \
+                             cost_usd = request_rollups.cost_usd + excluded.cost_usd, \
+                             cache_lookups = request_rollups.cache_lookups + excluded.cache_lookups, \
+                             cache_hits = request_rollups.cache_hits + excluded.cache_hits, \
+                             saved_usd = request_rollups.saved_usd + excluded.saved_usd, \
+                             fallbacks = request_rollups.fallbacks + excluded.fallbacks, \
+                             latency_sum_ms = request_rollups.latency_sum_ms + excluded.latency_sum_ms",
+                        );
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                    let hist: Vec<_> = rollup.hist.into_iter().collect();
+                    for chunk in hist.chunks(2000) {
+                        let mut qb =
+                            sqlx::QueryBuilder::<$db>::new("INSERT INTO latency_rollups (hour_ms, kind, bucket, n) ");
+                        qb.push_values(chunk, |mut b, ((hour, kind, bucket), n)| {
+                            b.push_bind(*hour).push_bind(*kind).push_bind(*bucket).push_bind(*n);
+                        });
+                        qb.push(" ON CONFLICT (hour_ms, kind, bucket) DO UPDATE SET n = latency_rollups.n + excluded.n");
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                    let guards: Vec<_> = rollup.guards.into_iter().collect();
+                    for chunk in guards.chunks(2000) {
+                        let mut qb =
+                            sqlx::QueryBuilder::<$db>::new("INSERT INTO guard_rollups (hour_ms, guard, action, n) ");
+                        qb.push_values(chunk, |mut b, ((hour, guard, action), n)| {
+                            b.push_bind(*hour).push_bind(guard.clone()).push_bind(action.clone()).push_bind(*n);
+                        });
+                        qb.push(" ON CONFLICT (hour_ms, guard, action) DO UPDATE SET n = guard_rollups.n + excluded.n");
+                        qb.build().execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(inserted)

@@ -624,20 +624,36 @@ async fn overview_battery(store: Arc<dyn Store>) {
     rows.push(record(99, base - 1));
     rows.push(record(98, base + hour));
     store.insert(&rows).await.unwrap();
-    let o = store.overview(keel_store::Range { since_ms: base, until_ms: base + hour, bucket_ms: hour }).await.unwrap();
-    let t = &o.totals;
-    assert_eq!((t.requests, t.errors), (10, 2));
-    assert_eq!((t.tokens_in, t.tokens_out), (155, 50));
-    assert!((t.cost_usd - 0.000_123 * 55.0).abs() < 1e-9, "{}", t.cost_usd);
-    assert_eq!((t.cache_lookups, t.cache_hits, t.fallbacks), (2, 1, 1));
-    assert!((t.saved_usd - 0.5).abs() < 1e-9);
-    assert_eq!((t.latency_p50_ms, t.latency_p99_ms, t.ttft_p50_ms), (Some(25.0), Some(30.0), Some(3.5)));
-    assert_eq!(o.series.len(), 1);
-    assert_eq!((o.series[0].start_ms, o.series[0].requests, o.series[0].errors), (base, 10, 2));
-    let models: Vec<(&str, u64)> = o.by_model.iter().map(|g| (g.name.as_str(), g.requests)).collect();
-    assert_eq!(models, [("smart", 7), ("fast", 3)]);
-    assert_eq!(o.by_key.len(), 2);
-    assert_eq!(o.guards, [keel_store::GuardCount { guard: "pii".into(), action: "redact".into(), count: 1 }]);
+    // A batch written again (a retry after an unclear failure) adds nothing, to the rows or the rollups.
+    assert_eq!(store.insert(&rows).await.unwrap(), 0);
+    // Finer than an hour: the rows themselves, exact percentiles. Whole hours: the rollups, the same sums and
+    // percentiles within 5%.
+    let raw =
+        store.overview(keel_store::Range { since_ms: base, until_ms: base + hour, bucket_ms: 300_000 }).await.unwrap();
+    let rolled =
+        store.overview(keel_store::Range { since_ms: base, until_ms: base + hour, bucket_ms: hour }).await.unwrap();
+    for (o, exact) in [(&raw, true), (&rolled, false)] {
+        let t = &o.totals;
+        assert_eq!((t.requests, t.errors), (10, 2));
+        assert_eq!((t.tokens_in, t.tokens_out), (155, 50));
+        assert!((t.cost_usd - 0.000_123 * 55.0).abs() < 1e-9, "{}", t.cost_usd);
+        assert_eq!((t.cache_lookups, t.cache_hits, t.fallbacks), (2, 1, 1));
+        assert!((t.saved_usd - 0.5).abs() < 1e-9);
+        let near = |got: Option<f64>, want: f64| {
+            let got = got.unwrap();
+            if exact { got == want } else { (got / want - 1.0).abs() < 0.05 }
+        };
+        assert!(near(t.latency_p50_ms, 25.0) && near(t.latency_p99_ms, 30.0) && near(t.ttft_p50_ms, 3.5), "{t:?}");
+        let models: Vec<(&str, u64)> = o.by_model.iter().map(|g| (g.name.as_str(), g.requests)).collect();
+        assert_eq!(models, [("smart", 7), ("fast", 3)]);
+        assert_eq!(o.by_key.len(), 2);
+        assert_eq!(o.guards, [keel_store::GuardCount { guard: "pii".into(), action: "redact".into(), count: 1 }]);
+        let total: u64 = o.series.iter().map(|p| p.requests).sum();
+        assert_eq!(total, 10);
+    }
+    assert_eq!(rolled.series.len(), 1);
+    assert_eq!((rolled.series[0].start_ms, rolled.series[0].requests, rolled.series[0].errors), (base, 10, 2));
+    assert!((rolled.by_model[0].latency_avg_ms - raw.by_model[0].latency_avg_ms).abs() < 1e-9);
     let empty = store.overview(keel_store::Range { since_ms: 0, until_ms: 1, bucket_ms: hour }).await.unwrap();
     assert_eq!((empty.totals.requests, empty.totals.latency_p50_ms), (0, None));
 }
