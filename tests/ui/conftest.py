@@ -51,8 +51,9 @@ def keel(tmp_path_factory) -> Iterator[Keel]:
 # --------------------------------------------------------------------------------------------- seeding
 
 
-def _send(keel: Keel, seeded: Seeded, key: str, model: str, prompt: str, expect: int) -> str:
-    resp = keel.chat(key, model, prompt)
+def _send(keel: Keel, seeded: Seeded, key: str, model: str, prompt: str, expect: int,
+          headers: dict[str, str] | None = None) -> str:
+    resp = keel.chat(key, model, prompt, headers)
     assert resp.status_code == expect, f"seeding {model} {prompt!r}: expected {expect}, got {resp.status_code} {resp.text}"
     seeded.requests += 1
     seeded.by_model[model] = seeded.by_model.get(model, 0) + 1
@@ -72,7 +73,9 @@ def _seed_requests(keel: Keel, seeded: Seeded) -> None:
     for i, topic in enumerate(topics):
         _send(keel, seeded, key, GPT, f"Tell me about {topic}, please (seed {i}).", 200)
         _send(keel, seeded, key, CLAUDE, f"Summarise {topic} in one line (seed {i}).", 200)
-    seeded.marker_id = _send(keel, seeded, key, GPT, f"The {MARKER} request: what is a {MARKER}?", 200)
+    # The marker request is also the one tagged and with metadata (the explorer's Tag and Metadata filters).
+    seeded.marker_id = _send(keel, seeded, key, GPT, f"The {MARKER} request: what is a {MARKER}?", 200,
+                             {"x-keel-tags": "marker-tag,beta", "x-keel-metadata": '{"team": "payments"}'})
     for i in range(2):
         _send(keel, seeded, key, UNKNOWN_MODEL, f"Nobody serves this model ({i}).", 404)
     keel.mock.script(error_reply(500, "server_error", "the mock is down"))

@@ -237,9 +237,9 @@ class Keel:
     mock: Mock
     admin: Any  # an httpx Client with the admin key
 
-    def chat(self, key: str, model: str, prompt: str) -> Any:
+    def chat(self, key: str, model: str, prompt: str, headers: dict[str, str] | None = None) -> Any:
         return httpx.post(f"{self.url}/v1/chat/completions", timeout=30,
-                          headers={"authorization": f"Bearer {key}"},
+                          headers={"authorization": f"Bearer {key}", **(headers or {})},
                           json={"model": model, "messages": [{"role": "user", "content": prompt}]})
 
     def create_key(self, name: str, **fields: Any) -> dict[str, Any]:

@@ -89,6 +89,15 @@ def test_the_explorer_lists_and_filters_requests(ui, signed_in, keel, seeded):
     found = row_links(page)
     assert len(found) == 1 and seeded.marker_id in found[0], f"text search for {MARKER}: {found}"
 
+    for field, value in [("Tag", "marker-tag"), ("Metadata", "team=payments")]:
+        ui.open(page, "/ui/requests")
+        filter_by(page, **{field: value})
+        found = row_links(page)
+        assert len(found) == 1 and seeded.marker_id in found[0], f"{field} {value}: {found}"
+    ui.open(page, "/ui/requests")
+    filter_by(page, Metadata="team=nobody")
+    assert shown_count(page) == 0
+
     ui.open(page, "/ui/requests")
     filter_by(page, Model=GPT)
     first = requests_table(page).locator("tbody tr").first.get_by_role("link").first

@@ -32,7 +32,26 @@ impl PgStore {
     }
 }
 
-crate::sql::store_impl!(PgStore, sqlx::Postgres);
+crate::sql::store_impl!(PgStore, sqlx::Postgres, crate::postgres::json);
+
+/// The request log's JSON filters in PostgreSQL's `jsonb` operators.
+pub(crate) mod json {
+    use sqlx::{Postgres, QueryBuilder};
+
+    pub(crate) fn tag(qb: &mut QueryBuilder<Postgres>, tag: &str) {
+        qb.push(" AND (requests.metadata::jsonb -> 'tags') @> jsonb_build_array(CAST(")
+            .push_bind(tag.to_string())
+            .push(" AS TEXT))");
+    }
+
+    pub(crate) fn metadata(qb: &mut QueryBuilder<Postgres>, key: &str, value: &str) {
+        qb.push(" AND (requests.metadata::jsonb ->> CAST(")
+            .push_bind(key.to_string())
+            .push(" AS TEXT)) = CAST(")
+            .push_bind(value.to_string())
+            .push(" AS TEXT)");
+    }
+}
 crate::eval::eval_impl!(PgStore, sqlx::Postgres);
 crate::feedback::feedback_impl!(PgStore, sqlx::Postgres);
 crate::dashboard::dashboard_impl!(

@@ -178,6 +178,10 @@ pub struct Query {
     pub cache: Option<CacheStatus>,
     /// Only requests whose request or response body contains this text (any case), where bodies are logged.
     pub text: Option<String>,
+    /// Only requests tagged so (`x-keel-tags`).
+    pub tag: Option<String>,
+    /// Only requests whose metadata (`x-keel-metadata`) has this key with this value (as text).
+    pub metadata: Option<(String, String)>,
     /// At most this many rows (default 100, at most 10,000).
     pub limit: Option<u32>,
 }

@@ -38,7 +38,7 @@ pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
 }
 
 macro_rules! store_impl {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $json:path) => {
         impl $store {
             /// A `requests` row.
             fn record_row(row: &<$db as sqlx::Database>::Row) -> Result<crate::Record, crate::StoreError> {
@@ -288,6 +288,12 @@ macro_rules! store_impl {
                     }
                     if let Some(v) = q.cache {
                         qb.push(" AND cache = ").push_bind(v.as_str());
+                    }
+                    if let Some(tag) = &q.tag {
+                        { use $json as json; json::tag(&mut qb, tag) };
+                    }
+                    if let Some((key, value)) = &q.metadata {
+                        { use $json as json; json::metadata(&mut qb, key, value) };
                     }
                     if let Some(v) = &q.text {
                         // A scan of the range's bodies (no full-text index): bounded by the time range and LIMIT.

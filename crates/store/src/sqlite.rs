@@ -67,7 +67,30 @@ fn is_busy(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5)
 }
 
-crate::sql::store_impl!(SqliteStore, sqlx::Sqlite);
+crate::sql::store_impl!(SqliteStore, sqlx::Sqlite, crate::sqlite::json);
+
+/// The request log's JSON filters in SQLite's JSON functions.
+pub(crate) mod json {
+    use sqlx::{QueryBuilder, Sqlite};
+
+    pub(crate) fn tag(qb: &mut QueryBuilder<Sqlite>, tag: &str) {
+        qb.push(" AND EXISTS (SELECT 1 FROM json_each(requests.metadata, '$.tags') AS t WHERE t.value = ")
+            .push_bind(tag.to_string())
+            .push(")");
+    }
+
+    /// `key` is quoted in the JSON path (a key with a double quote matches nothing).
+    pub(crate) fn metadata(qb: &mut QueryBuilder<Sqlite>, key: &str, value: &str) {
+        if key.contains('"') {
+            qb.push(" AND 1 = 0");
+            return;
+        }
+        qb.push(" AND CAST(json_extract(requests.metadata, ")
+            .push_bind(format!("$.\"{key}\""))
+            .push(") AS TEXT) = ")
+            .push_bind(value.to_string());
+    }
+}
 crate::eval::eval_impl!(SqliteStore, sqlx::Sqlite);
 crate::feedback::feedback_impl!(SqliteStore, sqlx::Sqlite);
 crate::dashboard::dashboard_impl!(

@@ -656,6 +656,22 @@ async fn overview_battery(store: Arc<dyn Store>) {
     assert!((rolled.by_model[0].latency_avg_ms - raw.by_model[0].latency_avg_ms).abs() < 1e-9);
     let empty = store.overview(keel_store::Range { since_ms: 0, until_ms: 1, bucket_ms: hour }).await.unwrap();
     assert_eq!((empty.totals.requests, empty.totals.latency_p50_ms), (0, None));
+
+    // The explorer's filters on the JSON metadata: a tag, a key's value (row 2 has neither).
+    let count = |q: Query| {
+        let store = store.clone();
+        async move {
+            let q = Query { since_ms: Some(base), until_ms: Some(base + hour), ..q };
+            store.query(&q).await.unwrap().len()
+        }
+    };
+    assert_eq!(count(Query { tag: Some("a".into()), ..Query::default() }).await, 9);
+    assert_eq!(count(Query { tag: Some("zzz".into()), ..Query::default() }).await, 0);
+    assert_eq!(count(Query { metadata: Some(("user".into(), "u1".into())), ..Query::default() }).await, 9);
+    assert_eq!(count(Query { metadata: Some(("user".into(), "nobody".into())), ..Query::default() }).await, 0);
+    assert_eq!(count(Query { metadata: Some(("us\"er".into(), "u1".into())), ..Query::default() }).await, 0);
+    let both = Query { tag: Some("b".into()), metadata: Some(("user".into(), "u1".into())), ..Query::default() };
+    assert_eq!(count(both).await, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

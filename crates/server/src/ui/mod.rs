@@ -437,6 +437,9 @@ struct RequestFilter {
     outcome: Option<String>,
     cache: Option<String>,
     text: Option<String>,
+    tag: Option<String>,
+    /// `key=value` in the request's metadata.
+    meta: Option<String>,
     /// Older than this (the last row of the previous page).
     before: Option<i64>,
 }
@@ -463,6 +466,15 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
         }
         None => None,
     };
+    let metadata =
+        match given(&f.meta).map(|m| m.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))) {
+            Some(Some((k, v))) if !k.is_empty() => Some((k, v)),
+            Some(_) => {
+                problems.push("Metadata must be key=value, such as team=payments.");
+                None
+            }
+            None => None,
+        };
     let q = keel_store::Query {
         model: given(&f.model),
         key_id: given(&f.key),
@@ -470,6 +482,8 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
         outcome: given(&f.outcome).and_then(|o| keel_store::Outcome::parse(&o)),
         cache: given(&f.cache).and_then(|c| keel_store::CacheStatus::parse(&c)),
         text: given(&f.text),
+        tag: given(&f.tag),
+        metadata,
         since_ms: Some(range.since_ms),
         until_ms: Some(f.before.map_or(range.until_ms, |b| b.min(range.until_ms))),
         limit: Some(PAGE_ROWS),
@@ -490,6 +504,8 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
         ("outcome", given(&f.outcome)),
         ("cache", given(&f.cache)),
         ("text", given(&f.text)),
+        ("tag", given(&f.tag)),
+        ("meta", given(&f.meta)),
     ] {
         if let Some(v) = v {
             next.append_pair(k, &v);
@@ -522,6 +538,8 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
                     @for c in keel_store::CacheStatus::ALL { option value=(c.as_str()) selected[selected(&f.cache, c.as_str())] { (c.as_str()) } }
                 }
             }
+            div { label for="f-tag" { "Tag" } input #f-tag name="tag" value=(value(&f.tag)); }
+            div { label for="f-meta" { "Metadata" } input #f-meta name="meta" value=(value(&f.meta)) placeholder="key=value"; }
             div { label for="f-text" { "Text" } input #f-text name="text" type="search" value=(value(&f.text)) placeholder="in logged bodies"; }
             button type="submit" { "Filter" }
         }
