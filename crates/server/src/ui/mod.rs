@@ -231,6 +231,15 @@ fn page(title: &str, s: &Session, tab: Tab, main: Markup) -> Response {
     r
 }
 
+/// A signed-in page that reads the store: its session and the store, or the response that says why not.
+fn signed_in_with_store<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+    here: &str,
+) -> Result<(Session, &'a Arc<dyn keel_store::Store>), Box<Response>> {
+    Ok((session(app, headers, here)?, store(app)?))
+}
+
 fn store(app: &AppState) -> Result<&Arc<dyn keel_store::Store>, Box<Response>> {
     app.inner.dashboard.as_ref().ok_or_else(|| {
         Box::new(message(
@@ -281,12 +290,8 @@ struct RangeQuery {
 }
 
 async fn overview(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<RangeQuery>) -> Response {
-    let s = match session(&app, &headers, "/ui") {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match store(&app) {
-        Ok(s) => s,
+    let (s, store) = match signed_in_with_store(&app, &headers, "/ui") {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let (name, range) = range_of(q.range.as_deref());
@@ -447,12 +452,8 @@ struct RequestFilter {
 const PAGE_ROWS: u32 = 100;
 
 async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Query<RequestFilter>) -> Response {
-    let s = match session(&app, &headers, "/ui/requests") {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match store(&app) {
-        Ok(s) => s,
+    let (s, store) = match signed_in_with_store(&app, &headers, "/ui/requests") {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let given = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
@@ -575,12 +576,8 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
 }
 
 async fn request(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match session(&app, &headers, &format!("/ui/requests/{}", encode(&id))) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match store(&app) {
-        Ok(s) => s,
+    let (s, store) = match signed_in_with_store(&app, &headers, &format!("/ui/requests/{}", encode(&id))) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let rows =
@@ -696,16 +693,8 @@ struct KeyForm {
 const FLASH: &str = "keel_new_key";
 
 async fn keys(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let flash = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == FLASH)
-        .map(|(_, v)| {
-            form_urlencoded::parse(format!("v={v}").as_bytes()).map(|(_, v)| v.into_owned()).collect::<String>()
-        });
+    let flash = session::named_cookie(&headers, FLASH)
+        .map(|v| form_urlencoded::parse(format!("v={v}").as_bytes()).map(|(_, v)| v.into_owned()).collect::<String>());
     let created = flash.as_deref().and_then(|f| f.split_once('\n'));
     let mut r = keys_page(&app, &headers, StatusCode::OK, created, &[]).await;
     if flash.is_some() {
@@ -885,12 +874,8 @@ async fn revoke_key(
 // -------------------------------------------------------------------------------------------- evaluations
 
 async fn evals(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let s = match session(&app, &headers, "/ui/evals") {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match store(&app) {
-        Ok(s) => s,
+    let (s, store) = match signed_in_with_store(&app, &headers, "/ui/evals") {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let runs = match store.runs(None, 200).await {
@@ -937,12 +922,8 @@ fn summary_pass(r: &keel_store::EvalRun) -> String {
 }
 
 async fn eval_run(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match session(&app, &headers, "/ui/evals") {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match store(&app) {
-        Ok(s) => s,
+    let (s, store) = match signed_in_with_store(&app, &headers, "/ui/evals") {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let (run, results) = match (store.run(&id).await, store.results(&id).await) {
@@ -991,12 +972,8 @@ struct CompareQuery {
 }
 
 async fn compare(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<CompareQuery>) -> Response {
-    let s = match session(&app, &headers, "/ui/evals") {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let store = match store(&app) {
-        Ok(s) => s,
+    let (s, store) = match signed_in_with_store(&app, &headers, "/ui/evals") {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let (a, b) = match (store.results(&q.a).await, store.results(&q.b).await) {
