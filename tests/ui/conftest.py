@@ -1,7 +1,8 @@
 """Session fixtures of the dashboard tests: a `keel-mock-upstream`, a `keel serve` with keys required (admin key
 in KEEL_ADMIN_KEY) and a SQLite store of its own, data seeded through keel's HTTP API (a virtual key, chat
-requests with distinct models and statuses, two stored evaluation runs, the second regressing on one case), and
-Debian's Chromium driven by Playwright.
+requests with distinct models and statuses, two stored evaluation runs, the second regressing on one case, a
+collection of six Node.js API documents from ../shared/data ingested with keel's local MiniLM), and Debian's
+Chromium driven by Playwright.
 
 Run on its own: `python3 -m pytest tests/ui -q` (tests/sdk has a conftest of its own). Binaries come from
 $KEEL_BIN / $KEEL_MOCK_BIN, else $CARGO_TARGET_DIR/debug (default ~/.cache/keel-target), else ./target/debug; the
@@ -19,7 +20,7 @@ from typing import Iterator
 import pytest
 
 import keel_ui
-from keel_ui import (ADMIN_KEY, CLAUDE, EVAL_KEY_NAME, GPT, MARKER, SEED_KEY_NAME, SUITE, UNKNOWN_MODEL, Keel, Mock,
+from keel_ui import (ADMIN_KEY, CLAUDE, COLLECTION, COLLECTION_FILES, EVAL_KEY_NAME, NODE_DOCS, GPT, MARKER, SEED_KEY_NAME, SUITE, UNKNOWN_MODEL, Keel, Mock,
                      Seeded, Ui, error_reply, httpx, text_reply)
 
 _PROCESSES: list[keel_ui.Process] = []
@@ -134,12 +135,27 @@ expected = "{{{{ capital }}}}"
     keel.mock.reset()
 
 
+def _seed_collection(keel: Keel, seeded: Seeded) -> None:
+    """`keel ingest` of six Node.js API documents into COLLECTION, with the running keel's configuration (its
+    [rag] directory; the server sees the new collection on its next read)."""
+    files = [NODE_DOCS / f for f in COLLECTION_FILES]
+    missing = [str(f) for f in files if not f.is_file()]
+    assert not missing, f"the seed documents are missing: {missing}"
+    args = [str(keel_ui.binary("KEEL_BIN", "keel")), "ingest", COLLECTION, *map(str, files), "--config",
+            str(keel.config), "--json"]
+    done = subprocess.run(args, env=keel_ui.keel_env(), capture_output=True, text=True, timeout=300,
+                          cwd=keel_ui.REPO)
+    assert done.returncode == 0, f"keel ingest exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    seeded.collection = json.loads(done.stdout)
+
+
 @pytest.fixture(scope="session")
 def seeded(keel) -> Seeded:
     """Seeds once per session, then checks that the log holds exactly the seeded rows."""
     s = Seeded()
     _seed_requests(keel, s)
     _seed_evals(keel, s)
+    _seed_collection(keel, s)
     deadline = time.monotonic() + 10
     while len(rows := keel.log_rows()) < s.requests and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -197,8 +213,8 @@ def signed_in(ui, page):
 # --------------------------------------------------------------------------------------------- order
 
 # A person's path through the dashboard; the pages that count requests come before the keys test adds some.
-_ORDER = ["test_ui_seed", "test_ui_login", "test_ui_overview", "test_ui_requests", "test_ui_evals", "test_ui_keys",
-          "test_ui_timing"]
+_ORDER = ["test_ui_seed", "test_ui_login", "test_ui_overview", "test_ui_requests", "test_ui_evals",
+          "test_ui_collections", "test_ui_keys", "test_ui_timing"]
 
 
 def pytest_collection_modifyitems(items):

@@ -40,6 +40,11 @@ SEED_KEY_NAME = "ui-seed"
 EVAL_KEY_NAME = "ui-eval"
 MARKER = "quokkamarker"  # a word only the detail request's prompt holds
 SUITE = "ui-capitals"
+COLLECTION = "node-docs"  # seeded with `keel ingest` from ../shared/data (Node.js 18 API docs)
+NODE_DOCS = REPO.parent / "shared" / "data" / "rag-docs-nodejs-18-api" / "files"
+COLLECTION_FILES = ["corepack.md", "debugger.md", "documentation.md", "punycode.md", "querystring.md",
+                    "string_decoder.md"]
+EMBED = "all-minilm-l6-v2"  # keel's local embeddings model (`keel models pull`)
 KEY_SECRET = re.compile(r"sk-keel-[0-9A-Za-z]{32}")  # crates/limits/src/keys.rs: `sk-keel-` + 32 base-62
 
 
@@ -166,6 +171,18 @@ model = "mock-gpt"
 [models.{CLAUDE}]
 provider = "an"
 model = "mock-claude"
+
+# Collections (the dashboard's Collections pages): keel's local MiniLM embeds documents and queries.
+[providers.local]
+kind = "local"
+
+[models.{EMBED}]
+provider = "local"
+model = "{EMBED}"
+
+[rag]
+model = "{EMBED}"
+dir = "{path.parent}/collections"
 """)
 
 
@@ -274,6 +291,7 @@ class Seeded:
     marker_id: str = ""  # keel's id of the request whose prompt holds MARKER
     runs: list[str] = field(default_factory=list)  # [baseline, candidate]
     regressed_case: str = ""
+    collection: dict[str, Any] = field(default_factory=dict)  # `keel ingest --json`'s summary
 
 
 # --------------------------------------------------------------------------------------------- the dashboard

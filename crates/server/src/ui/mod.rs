@@ -2,11 +2,13 @@
 //! binary carries all of it, it works offline, pages paint at once and stay usable by keyboard and at any zoom.
 //! Charts are inline SVG with their data as tables (`chart.rs`). Access is the admin key's: a login form sets a
 //! signed, HTTP-only, `SameSite=Strict` session cookie (`session.rs`) and every form carries a CSRF token.
+//! The collections pages (documents, chunks, a search showing each retriever's ranks) are in `collections.rs`.
 //!
 //! Server-rendered HTML rather than a front-end toolkit: the pages are lists, forms and small charts, which HTML
 //! does natively; there is no bundle to build, pin or audit, and nothing in the binary but a few KB of CSS.
 
 mod chart;
+mod collections;
 mod session;
 
 use std::collections::HashMap;
@@ -38,6 +40,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/ui/evals", get(evals))
         .route("/ui/evals/compare", get(compare))
         .route("/ui/evals/runs/{id}", get(eval_run))
+        .route("/ui/collections", get(collections::list))
+        .route("/ui/collections/{name}", get(collections::collection))
+        .route("/ui/collections/{name}/document", get(collections::document))
 }
 
 // ------------------------------------------------------------------------------------------------- access
@@ -185,6 +190,7 @@ enum Tab {
     Requests,
     Keys,
     Evals,
+    Collections,
 }
 
 fn layout(title: &str, session: Option<&Session>, tab: Option<Tab>, main: Markup) -> Markup {
@@ -210,6 +216,7 @@ fn layout(title: &str, session: Option<&Session>, tab: Option<Tab>, main: Markup
                             (link(Tab::Requests, "/ui/requests", "Requests"))
                             (link(Tab::Keys, "/ui/keys", "Keys"))
                             (link(Tab::Evals, "/ui/evals", "Evaluations"))
+                            (link(Tab::Collections, "/ui/collections", "Collections"))
                         }
                         @if s.signed_in {
                             form.logout method="post" action="/ui/logout" {
