@@ -1,8 +1,8 @@
 """Session fixtures of the dashboard tests: a `keel-mock-upstream`, a `keel serve` with keys required (admin key
 in KEEL_ADMIN_KEY) and a SQLite store of its own, data seeded through keel's HTTP API (a virtual key, chat
 requests with distinct models and statuses, two stored evaluation runs, the second regressing on one case, a
-collection of six Node.js API documents from ../shared/data ingested with keel's local MiniLM), and Debian's
-Chromium driven by Playwright.
+collection of seven Node.js API documents from ../shared/data ingested with keel's local MiniLM, for the tests
+that ask for it), and Debian's Chromium driven by Playwright.
 
 Run on its own: `python3 -m pytest tests/ui -q` (tests/sdk has a conftest of its own). Binaries come from
 $KEEL_BIN / $KEEL_MOCK_BIN, else $CARGO_TARGET_DIR/debug (default ~/.cache/keel-target), else ./target/debug; the
@@ -135,9 +135,10 @@ expected = "{{{{ capital }}}}"
     keel.mock.reset()
 
 
-def _seed_collection(keel: Keel, seeded: Seeded) -> None:
-    """`keel ingest` of six Node.js API documents into COLLECTION, with the running keel's configuration (its
-    [rag] directory; the server sees the new collection on its next read)."""
+@pytest.fixture(scope="session")
+def collection(keel) -> dict:
+    """`keel ingest` of seven Node.js API documents into COLLECTION, with the running keel's configuration (its
+    [rag] directory; the server sees the new collection on its next read); `keel ingest --json`'s summary."""
     files = [NODE_DOCS / f for f in COLLECTION_FILES]
     missing = [str(f) for f in files if not f.is_file()]
     assert not missing, f"the seed documents are missing: {missing}"
@@ -146,7 +147,7 @@ def _seed_collection(keel: Keel, seeded: Seeded) -> None:
     done = subprocess.run(args, env=keel_ui.keel_env(), capture_output=True, text=True, timeout=300,
                           cwd=keel_ui.REPO)
     assert done.returncode == 0, f"keel ingest exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    seeded.collection = json.loads(done.stdout)
+    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +156,6 @@ def seeded(keel) -> Seeded:
     s = Seeded()
     _seed_requests(keel, s)
     _seed_evals(keel, s)
-    _seed_collection(keel, s)
     deadline = time.monotonic() + 10
     while len(rows := keel.log_rows()) < s.requests and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -43,7 +43,8 @@ SUITE = "ui-capitals"
 COLLECTION = "node-docs"  # seeded with `keel ingest` from ../shared/data (Node.js 18 API docs)
 NODE_DOCS = REPO.parent / "shared" / "data" / "rag-docs-nodejs-18-api" / "files"
 COLLECTION_FILES = ["corepack.md", "debugger.md", "documentation.md", "punycode.md", "querystring.md",
-                    "string_decoder.md"]
+                    "string_decoder.md", "dns.md"]
+LONG_DOCUMENT = "dns.md"  # more chunks than a page shows (50): the document page's pager
 EMBED = "all-minilm-l6-v2"  # keel's local embeddings model (`keel models pull`)
 KEY_SECRET = re.compile(r"sk-keel-[0-9A-Za-z]{32}")  # crates/limits/src/keys.rs: `sk-keel-` + 32 base-62
 
@@ -291,7 +292,6 @@ class Seeded:
     marker_id: str = ""  # keel's id of the request whose prompt holds MARKER
     runs: list[str] = field(default_factory=list)  # [baseline, candidate]
     regressed_case: str = ""
-    collection: dict[str, Any] = field(default_factory=dict)  # `keel ingest --json`'s summary
 
 
 # --------------------------------------------------------------------------------------------- the dashboard

@@ -69,6 +69,11 @@ impl Collections {
         self.embed.model()
     }
 
+    /// How hybrid searches fuse the two rankings.
+    pub fn fusion(&self) -> Fusion {
+        self.fusion
+    }
+
     pub fn embedder(&self) -> Arc<dyn Embed> {
         self.embed.clone()
     }

@@ -10,6 +10,7 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use keel_rag::fusion::Fusion;
 use keel_rag::{Collections, Filter, Hit, Mode, RagError, SourceState};
 
 use super::{Session, Tab, count, encode, message, page, session};
@@ -44,7 +45,13 @@ fn signed_in_with_collections<'a>(
 
 /// A retrieval error as a page, with the status the API would answer.
 fn rag_failed(e: RagError) -> Response {
-    let (status, title) = match &e {
+    let (status, title) = rag_failed_status(&e);
+    message(status, title, &e.to_string())
+}
+
+/// The status the API answers a retrieval error with, and a title for it.
+fn rag_failed_status(e: &RagError) -> (StatusCode, &'static str) {
+    match e {
         RagError::NoCollection(_) => (StatusCode::NOT_FOUND, "Not found"),
         RagError::BadName(_) | RagError::BadFilter(_) | RagError::Invalid(_) => (StatusCode::BAD_REQUEST, "Invalid"),
         RagError::ModelMismatch { .. } => (StatusCode::CONFLICT, "Embeddings model mismatch"),
@@ -53,20 +60,40 @@ fn rag_failed(e: RagError) -> Response {
             tracing::error!(error = %e, "dashboard: reading a collection failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "Collection unavailable")
         }
-    };
-    message(status, title, &e.to_string())
+    }
 }
 
-fn pager(here: &str, page_no: usize, pages: usize) -> Markup {
+/// A page number from the query string: none is the first; anything but a number is the form's mistake.
+fn page_number(v: Option<&str>) -> Result<usize, String> {
+    match v.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| format!("Page {v:?} is not a page number.")),
+    }
+}
+
+/// Previous and next links: `here` is a path and query (the other fields kept), `anchor` where the list is.
+fn pager(here: &str, anchor: &str, page_no: usize, pages: usize) -> Markup {
+    let at = |n: usize| format!("{here}&page={n}{anchor}");
     html! {
         @if pages > 1 {
             nav.pager aria-label="Pages" {
-                @if page_no > 0 { a href=(format!("{here}&page={}", page_no - 1)) rel="prev" { "Previous" } }
+                @if page_no > 0 { a href=(at(page_no - 1)) rel="prev" { "Previous" } }
                 span { "Page " (page_no + 1) " of " (pages) }
-                @if page_no + 1 < pages { a href=(format!("{here}&page={}", page_no + 1)) rel="next" { "Next" } }
+                @if page_no + 1 < pages { a href=(at(page_no + 1)) rel="next" { "Next" } }
             }
         }
     }
+}
+
+/// A query string of the given fields, empty ones left out.
+fn query_of(fields: &[(&str, Option<&str>)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            q.append_pair(k, v);
+        }
+    }
+    q.finish()
 }
 
 // ------------------------------------------------------------------------------------------------ the list
@@ -119,7 +146,7 @@ pub(super) struct CollectionQuery {
     filter: Option<String>,
     /// Documents whose source contains this.
     source: Option<String>,
-    page: Option<usize>,
+    page: Option<String>,
 }
 
 /// A checked search: what the form asked, or what is wrong with it.
@@ -173,39 +200,49 @@ pub(super) async fn collection(
         (Err(e), _) | (_, Err(e)) => return rag_failed(e),
     };
 
-    // The search, when one was asked: its mistakes are shown on the page (400), the collection's below them.
+    // The search, when one was asked. Its failures are shown on the collection's page, with the status the API
+    // would answer (400 for the form's mistakes, 502 when the embeddings model failed).
     let mut status = StatusCode::OK;
-    let mut problem = None;
+    let mut problems = Vec::new();
     let search = match parse_search(&q) {
         Ok(s) => s,
         Err(p) => {
             status = StatusCode::BAD_REQUEST;
-            problem = Some(p);
+            problems.push(p);
             None
         }
     };
     let hits = match &search {
         Some(sr) => match collections.search(&name, &sr.query, sr.mode, sr.k, &sr.filter).await {
             Ok(hits) => Some(hits),
-            Err(e @ (RagError::BadFilter(_) | RagError::Invalid(_))) => {
-                status = StatusCode::BAD_REQUEST;
-                problem = Some(e.to_string());
+            Err(e) => {
+                status = rag_failed_status(&e).0;
+                problems.push(e.to_string());
                 None
             }
-            Err(e) => return rag_failed(e),
         },
         None => None,
+    };
+    let page_no = match page_number(q.page.as_deref()) {
+        Ok(n) => n,
+        Err(p) => {
+            status = StatusCode::BAD_REQUEST;
+            problems.push(p);
+            0
+        }
     };
 
     // Documents: filtered by source, a page at a time.
     let wanted = q.source.as_deref().map(str::trim).unwrap_or("");
     let docs: Vec<(&String, &SourceState)> = sources.iter().filter(|(src, _)| src.contains(wanted)).collect();
     let pages = docs.len().div_ceil(PER_PAGE).max(1);
-    let page_no = q.page.unwrap_or(0).min(pages - 1);
+    let page_no = page_no.min(pages - 1);
     let mode = search.as_ref().map_or(Mode::Hybrid, |s| s.mode);
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
-    let pager_here =
-        format!("{here}?{}", form_urlencoded::Serializer::new(String::new()).append_pair("source", wanted).finish());
+    // Each form keeps the other's fields, and the pager both.
+    let search_fields =
+        [("q", q.q.as_deref()), ("mode", q.mode.as_deref()), ("k", q.k.as_deref()), ("filter", q.filter.as_deref())];
+    let pager_here = format!("{here}?{}", query_of(&[search_fields.as_slice(), &[("source", Some(wanted))]].concat()));
 
     let main = html! {
         h1 { "Collection " code { (info.name) } }
@@ -215,9 +252,9 @@ pub(super) async fn collection(
             (super::stat("Tokens", "tokens", &count(stats.tokens)))
             (super::stat("Dimensions", "dimensions", &info.dims.to_string()))
         }
-        p { "Embedded with " code { (info.model) } "." }
+        p { "Embedded with " code { (info.model) } "; hybrid searches fuse the two rankings by " (fusion_text(collections.fusion())) "." }
         h2 #search { "Search" }
-        @if let Some(p) = &problem { p.error role="alert" { (p) } }
+        @for p in &problems { p.error role="alert" { (p) } }
         form.filters role="search" method="get" action=(format!("{here}#search")) {
             div { label for="s-q" { "Query" } input #s-q name="q" type="search" value=(value(&q.q)) size="40" maxlength=(MAX_QUERY_CHARS) required; }
             div {
@@ -230,12 +267,14 @@ pub(super) async fn collection(
             }
             div { label for="s-k" { "Results" } input #s-k name="k" value=(q.k.clone().unwrap_or_else(|| "10".into())) inputmode="numeric" size="4"; }
             div { label for="s-filter" { "Filter" } input #s-filter name="filter" value=(value(&q.filter)) placeholder="kind=markdown, lang=en"; }
+            @if !wanted.is_empty() { input type="hidden" name="source" value=(wanted); }
             button type="submit" { "Search" }
         }
         @if let (Some(hits), Some(sr)) = (&hits, &search) { (results(&name, sr, hits, &sources)) }
         h2 #documents { "Documents" }
         form.filters method="get" action=(format!("{here}#documents")) {
             div { label for="d-source" { "Source contains" } input #d-source name="source" value=(wanted); }
+            @for (k, v) in &search_fields { @if let Some(v) = v.filter(|v| !v.is_empty()) { input type="hidden" name=(k) value=(v); } }
             button type="submit" { "Show" }
         }
         p data-count=(docs.len()) { (count(docs.len() as u64)) " of " (count(sources.len() as u64)) " documents." }
@@ -255,11 +294,27 @@ pub(super) async fn collection(
                 }
             }
         }
-        (pager(&pager_here, page_no, pages))
+        (pager(&pager_here, "#documents", page_no, pages))
     };
     let mut r = page(&format!("Collection {}", info.name), &s, Tab::Collections, main);
     *r.status_mut() = status;
     r
+}
+
+/// How a hybrid search fuses, in words.
+fn fusion_text(f: Fusion) -> String {
+    match f {
+        Fusion::Rrf { k } => format!("reciprocal rank (Σ 1 / ({k} + rank))"),
+        Fusion::Mix { weight } => {
+            format!(
+                "a mix of scores ({weight} × BM25 / the best BM25 + {} × min-max scaled cosine similarity)",
+                1.0 - weight
+            )
+        }
+        Fusion::Tmm { weight } => {
+            format!("a mix of scores ({weight} × BM25 / the best BM25 + {} × cosine similarity)", 1.0 - weight)
+        }
+    }
 }
 
 fn document_href(collection: &str, source: &str, chunk: Option<u64>) -> String {
@@ -272,41 +327,47 @@ fn document_href(collection: &str, source: &str, chunk: Option<u64>) -> String {
     format!("/ui/collections/{}/document?{}{anchor}", encode(collection), q.finish())
 }
 
+/// A retriever's rank of a chunk; "—" (read out as "not ranked") when the chunk was not among its candidates.
 fn rank(r: Option<usize>) -> Markup {
     html! {
         @match r {
             Some(r) => { (r) }
-            None => { span.muted title="not among this retriever's candidates" { "—" } }
+            None => { span.muted aria-hidden="true" title="not among this retriever's candidates" { "—" } span.visually-hidden { "not ranked" } }
         }
     }
 }
 
-/// The results, with each retriever's own rank of every chunk (a hybrid search fuses the two lists; a chunk one
-/// retriever did not find at all has no rank there).
+/// The results. A hybrid search shows, next to each chunk's fused rank, where each retriever ranked it (a chunk
+/// one retriever did not find at all has no rank there); a search by one retriever shows its own ranks only.
 fn results(collection: &str, sr: &Search, hits: &[Hit], sources: &BTreeMap<String, SourceState>) -> Markup {
-    let what = match sr.mode {
-        Mode::Hybrid => "fused from BM25 and vector search",
-        Mode::Bm25 => "by BM25 alone",
-        Mode::Vector => "by vector similarity alone",
+    let (what, score) = match sr.mode {
+        Mode::Hybrid => ("fused from BM25 and vector search", "Fused score"),
+        Mode::Bm25 => ("by BM25 alone", "BM25 score"),
+        Mode::Vector => ("by vector search alone", "Cosine similarity"),
     };
+    let hybrid = sr.mode == Mode::Hybrid;
     html! {
         p data-results=(hits.len()) { (hits.len()) " results for " q { (sr.query) } ", " (what) "." }
-        @if sr.mode == Mode::Hybrid {
-            p.muted { "Each retriever ranks up to " (keel_rag::search::CANDIDATES) " candidates; the columns show where each placed the chunk (— : not among them)." }
+        @if hybrid {
+            p.muted { "Each retriever ranks up to " (keel_rag::search::CANDIDATES.max(sr.k)) " candidates; the BM25 and vector columns show where each placed the chunk (—: not among its candidates; BM25 finds only chunks that share a word with the query)." }
         }
         @if !hits.is_empty() {
             table.results {
                 caption { "Results" }
                 thead { tr {
-                    th scope="col" { "Rank" } th scope="col" { "BM25 rank" } th scope="col" { "Vector rank" } th scope="col" { "Score" }
+                    th scope="col" { "Rank" }
+                    @if hybrid { th scope="col" { "BM25 rank" } th scope="col" { "Vector rank" } }
+                    th scope="col" { (score) }
                     th scope="col" { "Document" } th scope="col" { "Chunk" }
                 } }
                 tbody {
                     @for (i, h) in hits.iter().enumerate() {
                         tr data-chunk=(h.id) data-source=(h.source) {
                             td.num data-col="rank" { (i + 1) }
-                            td.num data-col="bm25" { (rank(h.bm25_rank)) }
-                            td.num data-col="vector" { (rank(h.vector_rank)) }
+                            @if hybrid {
+                                td.num data-col="bm25" { (rank(h.bm25_rank)) }
+                                td.num data-col="vector" { (rank(h.vector_rank)) }
+                            }
                             td.num { (format!("{:.4}", h.score)) }
                             td {
                                 @if sources.contains_key(&h.source) { a href=(document_href(collection, &h.source, Some(h.id))) { (h.source) } }
@@ -336,8 +397,8 @@ fn snippet(text: &str) -> String {
 pub(super) struct DocumentQuery {
     source: Option<String>,
     /// Open the page holding this chunk.
-    chunk: Option<u64>,
-    page: Option<usize>,
+    chunk: Option<String>,
+    page: Option<String>,
 }
 
 pub(super) async fn document(
@@ -352,6 +413,17 @@ pub(super) async fn document(
     let (s, collections) = match signed_in_with_collections(&app, &headers, &here) {
         Ok(x) => x,
         Err(r) => return *r,
+    };
+    if source.is_empty() {
+        return message(StatusCode::BAD_REQUEST, "Invalid", "Which document? The address names none (?source=…).");
+    }
+    let (page_asked, chunk_asked) = match (
+        page_number(q.page.as_deref()),
+        q.chunk.as_deref().map(|c| c.trim().parse::<u64>().map_err(|_| format!("Chunk {c:?} is not a chunk id."))),
+    ) {
+        (Ok(p), None) => (p, None),
+        (Ok(p), Some(Ok(c))) => (p, Some(c)),
+        (Err(e), _) | (_, Some(Err(e))) => return message(StatusCode::BAD_REQUEST, "Invalid", &e),
     };
     let index = match collections.index(&name).await {
         Ok(i) => i,
@@ -370,15 +442,18 @@ pub(super) async fn document(
     };
     let total = usize::try_from(state.chunks).unwrap_or(usize::MAX);
     let pages = total.div_ceil(PER_PAGE).max(1);
-    let page_no = match q.chunk {
-        Some(c) if c >= state.first_id && c < state.first_id + state.chunks => {
-            usize::try_from(c - state.first_id).unwrap_or(0) / PER_PAGE
+    let end = state.first_id.saturating_add(state.chunks);
+    // A chunk id opens the page that holds it; one the document no longer holds (it was ingested again since the
+    // link was made) is said so, on the first page.
+    let (page_no, gone) = match chunk_asked {
+        Some(c) if (state.first_id..end).contains(&c) => {
+            (usize::try_from(c - state.first_id).map_or(0, |i| i / PER_PAGE), None)
         }
-        _ => q.page.unwrap_or(0),
-    }
-    .min(pages - 1);
-    let first = state.first_id + (page_no * PER_PAGE) as u64;
-    let ids: Vec<u64> = (first..state.first_id + state.chunks).take(PER_PAGE).collect();
+        Some(c) => (0, Some(c)),
+        None => (page_asked.min(pages - 1), None),
+    };
+    let first = state.first_id.saturating_add((page_no * PER_PAGE) as u64);
+    let ids: Vec<u64> = (first..end).take(PER_PAGE).collect();
     let chunks = match index.chunks(ids).await {
         Ok(c) => c,
         Err(e) => return rag_failed(e),
@@ -387,6 +462,7 @@ pub(super) async fn document(
     let main = html! {
         p { a href=(collection_href) { "← Collection " (name) } }
         h1 { "Document " code { (source) } }
+        @if let Some(c) = gone { p.error role="alert" { "This document holds no chunk " (c) " any more: it was ingested again since that link was made." } }
         dl.fields {
             dt { "Chunks" } dd data-field="chunks" { (count(state.chunks)) }
             dt { "Tokens" } dd { (count(state.tokens)) }
@@ -394,8 +470,8 @@ pub(super) async fn document(
             @for (k, v) in &meta { @if k != "source" { dt { (k) } dd { (v) } } }
         }
         @for c in &chunks {
-            section.chunk id=(format!("chunk-{}", c.id)) data-chunk=(c.id) aria-labelledby=(format!("chunk-{}-h", c.id)) {
-                h2 id=(format!("chunk-{}-h", c.id)) {
+            article.chunk id=(format!("chunk-{}", c.id)) data-chunk=(c.id) {
+                h2 {
                     "Chunk " (c.id.saturating_sub(state.first_id) + 1) " of " (state.chunks)
                     span.muted { " · id " (c.id) " · bytes " (c.start) "–" (c.end) " of the extracted text" }
                 }
@@ -403,7 +479,7 @@ pub(super) async fn document(
                 pre { (c.text) }
             }
         }
-        (pager(&here, page_no, pages))
+        (pager(&here, "", page_no, pages))
     };
     page(&format!("Document {source}"), &s, Tab::Collections, main)
 }

@@ -452,8 +452,9 @@ struct RequestFilter {
     tag: Option<String>,
     /// `key=value` in the request's metadata.
     meta: Option<String>,
-    /// Older than this (the last row of the previous page).
-    before: Option<i64>,
+    /// Older than this (the last row of the previous page), in ms; text, so that a mangled link is refused on the
+    /// page rather than by the query parser.
+    before: Option<String>,
 }
 
 const PAGE_ROWS: u32 = 100;
@@ -483,6 +484,14 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
             }
             None => None,
         };
+    let before = match given(&f.before).map(|b| b.parse::<i64>()) {
+        Some(Ok(b)) => Some(b),
+        Some(Err(_)) => {
+            problems.push("Older than must be a time in milliseconds; the link was mangled.");
+            None
+        }
+        None => None,
+    };
     let q = keel_store::Query {
         model: given(&f.model),
         key_id: given(&f.key),
@@ -493,7 +502,7 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
         tag: given(&f.tag),
         metadata,
         since_ms: Some(range.since_ms),
-        until_ms: Some(f.before.map_or(range.until_ms, |b| b.min(range.until_ms))),
+        until_ms: Some(before.map_or(range.until_ms, |b| b.min(range.until_ms))),
         limit: Some(PAGE_ROWS),
         ..keel_store::Query::default()
     };
