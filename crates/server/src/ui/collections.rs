@@ -13,7 +13,7 @@ use serde::Deserialize;
 use keel_rag::fusion::Fusion;
 use keel_rag::{Collections, Filter, Hit, Mode, RagError, SourceState};
 
-use super::{Session, Tab, count, encode, message, page, session};
+use super::{Session, Tab, count, encode, given, message, page, query_of, session};
 use crate::AppState;
 
 /// Documents (and a document's chunks) shown per page.
@@ -64,8 +64,8 @@ fn rag_failed_status(e: &RagError) -> (StatusCode, &'static str) {
 }
 
 /// A page number from the query string: none is the first; anything but a number is the form's mistake.
-fn page_number(v: Option<&str>) -> Result<usize, String> {
-    match v.map(str::trim).filter(|v| !v.is_empty()) {
+fn page_number(v: &Option<String>) -> Result<usize, String> {
+    match given(v) {
         None => Ok(0),
         Some(v) => v.parse().map_err(|_| format!("Page {v:?} is not a page number.")),
     }
@@ -83,17 +83,6 @@ fn pager(here: &str, anchor: &str, page_no: usize, pages: usize) -> Markup {
             }
         }
     }
-}
-
-/// A query string of the given fields, empty ones left out.
-fn query_of(fields: &[(&str, Option<&str>)]) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in fields {
-        if let Some(v) = v.filter(|v| !v.is_empty()) {
-            q.append_pair(k, v);
-        }
-    }
-    q.finish()
 }
 
 // ------------------------------------------------------------------------------------------------ the list
@@ -158,15 +147,15 @@ struct Search {
 }
 
 fn parse_search(q: &CollectionQuery) -> Result<Option<Search>, String> {
-    let Some(query) = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty()) else { return Ok(None) };
+    let Some(query) = given(&q.q) else { return Ok(None) };
     if query.chars().count() > MAX_QUERY_CHARS {
         return Err(format!("The query is longer than {MAX_QUERY_CHARS} characters."));
     }
-    let mode = match q.mode.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+    let mode = match given(&q.mode) {
         None => Mode::Hybrid,
         Some(m) => Mode::parse(m).ok_or_else(|| format!("Mode {m:?} is not one of hybrid, bm25, vector."))?,
     };
-    let k = match q.k.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
+    let k = match given(&q.k) {
         None => 10,
         Some(k) => match k.parse::<usize>() {
             Ok(k) if (1..=MAX_K).contains(&k) => k,
@@ -223,7 +212,7 @@ pub(super) async fn collection(
         },
         None => None,
     };
-    let page_no = match page_number(q.page.as_deref()) {
+    let page_no = match page_number(&q.page) {
         Ok(n) => n,
         Err(p) => {
             status = StatusCode::BAD_REQUEST;
@@ -233,7 +222,7 @@ pub(super) async fn collection(
     };
 
     // Documents: filtered by source, a page at a time.
-    let wanted = q.source.as_deref().map(str::trim).unwrap_or("");
+    let wanted = given(&q.source).unwrap_or("");
     let docs: Vec<(&String, &SourceState)> = sources.iter().filter(|(src, _)| src.contains(wanted)).collect();
     let pages = docs.len().div_ceil(PER_PAGE).max(1);
     let page_no = page_no.min(pages - 1);
@@ -418,7 +407,7 @@ pub(super) async fn document(
         return message(StatusCode::BAD_REQUEST, "Invalid", "Which document? The address names none (?source=…).");
     }
     let (page_asked, chunk_asked) = match (
-        page_number(q.page.as_deref()),
+        page_number(&q.page),
         q.chunk.as_deref().map(|c| c.trim().parse::<u64>().map_err(|_| format!("Chunk {c:?} is not a chunk id."))),
     ) {
         (Ok(p), None) => (p, None),

@@ -464,42 +464,31 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let given = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let owned = |v: &Option<String>| given(v).map(str::to_string);
     let (name, range) = range_of(f.range.as_deref());
     let mut problems = Vec::new();
-    let status = match given(&f.status).map(|s| s.parse::<u16>()) {
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => {
-            problems.push("Status must be an HTTP status code, such as 429.");
-            None
-        }
-        None => None,
-    };
-    let metadata =
-        match given(&f.meta).map(|m| m.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))) {
-            Some(Some((k, v))) if !k.is_empty() => Some((k, v)),
-            Some(_) => {
-                problems.push("Metadata must be key=value, such as team=payments.");
-                None
-            }
-            None => None,
-        };
-    let before = match given(&f.before).map(|b| b.parse::<i64>()) {
-        Some(Ok(b)) => Some(b),
-        Some(Err(_)) => {
-            problems.push("Older than must be a time in milliseconds; the link was mangled.");
-            None
-        }
-        None => None,
-    };
+    let status =
+        parsed(&f.status, |s| s.parse::<u16>().ok(), "Status must be an HTTP status code, such as 429.", &mut problems);
+    let metadata = parsed(
+        &f.meta,
+        |m| m.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).filter(|(k, _)| !k.is_empty()),
+        "Metadata must be key=value, such as team=payments.",
+        &mut problems,
+    );
+    let before = parsed(
+        &f.before,
+        |b| b.parse::<i64>().ok(),
+        "Older than must be a time in milliseconds; the link was mangled.",
+        &mut problems,
+    );
     let q = keel_store::Query {
-        model: given(&f.model),
-        key_id: given(&f.key),
+        model: owned(&f.model),
+        key_id: owned(&f.key),
         status,
-        outcome: given(&f.outcome).and_then(|o| keel_store::Outcome::parse(&o)),
-        cache: given(&f.cache).and_then(|c| keel_store::CacheStatus::parse(&c)),
-        text: given(&f.text),
-        tag: given(&f.tag),
+        outcome: given(&f.outcome).and_then(keel_store::Outcome::parse),
+        cache: given(&f.cache).and_then(keel_store::CacheStatus::parse),
+        text: owned(&f.text),
+        tag: owned(&f.tag),
         metadata,
         since_ms: Some(range.since_ms),
         until_ms: Some(before.map_or(range.until_ms, |b| b.min(range.until_ms))),
@@ -512,25 +501,21 @@ async fn requests(State(app): State<AppState>, headers: HeaderMap, Query(f): Que
     };
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let selected = |v: &Option<String>, o: &str| v.as_deref() == Some(o);
-    let mut next = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in [
-        ("range", Some(name.to_string())),
-        ("model", given(&f.model)),
-        ("key", given(&f.key)),
-        ("status", given(&f.status)),
-        ("outcome", given(&f.outcome)),
-        ("cache", given(&f.cache)),
-        ("text", given(&f.text)),
-        ("tag", given(&f.tag)),
-        ("meta", given(&f.meta)),
-    ] {
-        if let Some(v) = v {
-            next.append_pair(k, &v);
-        }
-    }
     let next = rows.last().filter(|_| rows.len() == PAGE_ROWS as usize).map(|last| {
-        next.append_pair("before", &last.ts_ms.to_string());
-        format!("/ui/requests?{}", next.finish())
+        let before = last.ts_ms.to_string();
+        let fields = [
+            ("range", Some(name)),
+            ("model", given(&f.model)),
+            ("key", given(&f.key)),
+            ("status", given(&f.status)),
+            ("outcome", given(&f.outcome)),
+            ("cache", given(&f.cache)),
+            ("text", given(&f.text)),
+            ("tag", given(&f.tag)),
+            ("meta", given(&f.meta)),
+            ("before", Some(before.as_str())),
+        ];
+        format!("/ui/requests?{}", query_of(&fields))
     });
     let main = html! {
         h1 { "Requests" }
@@ -1033,6 +1018,39 @@ async fn compare(State(app): State<AppState>, headers: HeaderMap, Query(q): Quer
         }
     };
     page("Compare runs", &s, Tab::Evals, main)
+}
+
+// ------------------------------------------------------------------------------------------------- forms
+
+/// A form field as given: trimmed, none when empty.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// A query string of the given fields, empty ones left out.
+fn query_of(fields: &[(&str, Option<&str>)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            q.append_pair(k, v);
+        }
+    }
+    q.finish()
+}
+
+/// A form field parsed. One that does not parse is ignored, and `problem` is added to what the page says.
+fn parsed<T>(
+    v: &Option<String>,
+    parse: impl FnOnce(&str) -> Option<T>,
+    problem: &'static str,
+    problems: &mut Vec<&'static str>,
+) -> Option<T> {
+    let v = given(v)?;
+    let p = parse(v);
+    if p.is_none() {
+        problems.push(problem);
+    }
+    p
 }
 
 // ------------------------------------------------------------------------------------------------ formats
